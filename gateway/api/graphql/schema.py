@@ -1,0 +1,179 @@
+"""The GraphQL schema: queries and mutations. Resolvers call services; no SQL here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import (
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
+from strawberry.types import Info
+
+from gateway.api.graphql.types import (
+    EVENT_TYPES,
+    CreateIngestSourceInput,
+    EventConnection,
+    EventFilter,
+    IngestSource,
+    IngestSourceCreated,
+    Message,
+    UpdateIngestSourceInput,
+    parameters_dict,
+)
+from gateway.runtime import Services
+from gateway.services.accounts import InputError
+from gateway.settings import Settings
+
+
+@dataclass
+class Context:
+    services: Services
+    # None until the caller is authenticated (GraphiQL's page, a websocket before
+    # connection_init): nothing may be read then.
+    account_id: int | None
+
+
+@dataclass
+class AuthorizedContext:
+    services: Services
+    account_id: int
+
+
+def _context(info: Info[Context, None]) -> AuthorizedContext:
+    context = info.context
+    if context.account_id is None:
+        raise GraphQLError("not authenticated", extensions={"code": "UNAUTHENTICATED"})
+    return AuthorizedContext(context.services, context.account_id)
+
+
+def user_error(error: InputError) -> GraphQLError:
+    """A GraphQL error whose message and extensions name the offending field."""
+    return GraphQLError(
+        f"{error.field}: {error.message}",
+        extensions={"code": "BAD_USER_INPUT", "field": error.field},
+    )
+
+
+def _id(value: strawberry.ID, field: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise user_error(InputError(field, f"{value!r} is not an id")) from None
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="Events, newest first, as a Relay cursor connection.")
+    async def events(
+        self,
+        info: Info[Context, None],
+        where: EventFilter | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> EventConnection:
+        context = _context(info)
+        domain_filter = (where or EventFilter()).to_domain()
+        size = context.services.settings.default_page_size if first is None else first
+        try:
+            page = await context.services.events.page(
+                context.account_id, domain_filter, first=size, after=after
+            )
+        except InputError as error:
+            raise user_error(error) from None
+        return EventConnection.from_page(page)
+
+    @strawberry.field(description="One message's events in order, and its current state.")
+    async def message(self, info: Info[Context, None], message_id: str) -> Message | None:
+        context = _context(info)
+        timeline = await context.services.events.message(context.account_id, message_id)
+        return None if timeline is None else Message.from_timeline(timeline)
+
+    @strawberry.field
+    async def ingest_sources(self, info: Info[Context, None]) -> list[IngestSource]:
+        context = _context(info)
+        records = await context.services.accounts.list_sources(context.account_id)
+        return [IngestSource.from_record(record) for record in records]
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="A new ingest source; its token is shown only here.")
+    async def create_ingest_source(
+        self, info: Info[Context, None], input: CreateIngestSourceInput
+    ) -> IngestSourceCreated:
+        context = _context(info)
+        try:
+            record, token = await context.services.accounts.create_source(
+                context.account_id,
+                provider=input.provider,
+                name=input.name,
+                timezone=input.timezone,
+                parameters=parameters_dict(input.parameters),
+            )
+        except InputError as error:
+            raise user_error(InputError(f"input.{error.field}", error.message)) from None
+        return IngestSourceCreated(source=IngestSource.from_record(record), token=token)
+
+    @strawberry.mutation
+    async def update_ingest_source(
+        self, info: Info[Context, None], id: strawberry.ID, input: UpdateIngestSourceInput
+    ) -> IngestSource | None:
+        context = _context(info)
+        try:
+            record = await context.services.accounts.update_source(
+                context.account_id,
+                _id(id, "id"),
+                name=input.name,
+                timezone=input.timezone,
+                parameters=parameters_dict(input.parameters),
+            )
+        except InputError as error:
+            raise user_error(InputError(f"input.{error.field}", error.message)) from None
+        return None if record is None else IngestSource.from_record(record)
+
+    @strawberry.mutation(description="True if the source existed; its token stops working.")
+    async def delete_ingest_source(self, info: Info[Context, None], id: strawberry.ID) -> bool:
+        context = _context(info)
+        return await context.services.accounts.delete_source(context.account_id, _id(id, "id"))
+
+
+def _should_mask(error: GraphQLError) -> bool:
+    """Hide internal failures (no stack traces or SQL to clients); keep our own messages
+    and GraphQL's validation errors, which name the field."""
+    return error.original_error is not None and not isinstance(error.original_error, GraphQLError)
+
+
+def build_schema(settings: Settings | None = None, **extra: Any) -> strawberry.Schema:
+    """The schema with its limits; ``extra`` adds subscription types when present."""
+    settings = settings or Settings()
+    # Factories, so every request gets fresh extension state.
+    depth, aliases, tokens = (
+        settings.max_query_depth,
+        settings.max_aliases,
+        settings.max_query_tokens,
+    )
+    extensions: list[Any] = [
+        lambda: QueryDepthLimiter(max_depth=depth),
+        lambda: MaxAliasesLimiter(max_alias_count=aliases),
+        lambda: MaxTokensLimiter(max_token_count=tokens),
+        # Without these every request is parsed and validated again (5x on small ones);
+        # their LRU caches live at module level, shared by every request.
+        lambda: ParserCache(maxsize=1000),
+        lambda: ValidationCache(maxsize=1000),
+        lambda: MaskErrors(should_mask_error=_should_mask),
+    ]
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        types=list(EVENT_TYPES),
+        extensions=extensions,
+        **extra,
+    )

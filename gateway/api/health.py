@@ -1,0 +1,39 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from gateway.api.responses import JSON
+from gateway.runtime import Services
+
+
+async def healthz(_request: Request) -> Response:
+    """The process is up and serving."""
+    return JSON({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when the database and Redis answer; 503 naming what does not."""
+    services: Services = request.app.state.services
+    state = await services.ready()
+    ready = all(value == "ok" for value in state.values())
+    return JSON(
+        {"status": "ok" if ready else "unavailable", **state}, status_code=200 if ready else 503
+    )
+
+
+async def metrics(request: Request) -> Response:
+    services: Services = request.app.state.services
+    return PlainTextResponse(
+        services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

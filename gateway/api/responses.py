@@ -1,0 +1,20 @@
+"""JSON answers for the HTTP routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error(status: int, message: str, **extra: Any) -> JSON:
+    """An error answer: ``{"error": message}``, never a stack trace."""
+    return JSON({"error": message, **extra}, status_code=status)

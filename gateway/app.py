@@ -1,0 +1,90 @@
+"""The Starlette application: routes, and a lifespan that opens the process's services."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+
+from gateway.api import health, ingest, smtpeter_rest
+from gateway.api.graphql.app import GatewayGraphQL
+from gateway.api.graphql.schema import build_schema
+from gateway.api.responses import error
+from gateway.runtime import Services, open_services
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, bootstrap: bool = False) -> Starlette:
+    """The gateway as an ASGI app; its services start with the lifespan.
+
+    ``bootstrap`` creates a ``default`` account on an empty database and prints its
+    key and tokens.
+    """
+    settings = settings or Settings()
+    schema = build_schema(settings)
+    graphql = _GraphQLEndpoint()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_services(settings) as services:
+            app.state.services = services
+            if bootstrap:
+                await _bootstrap(services)
+            graphql.view = GatewayGraphQL(services, schema)
+            yield
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error(exc.status_code, str(exc.detail))
+
+    async def server_error(_request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return error(500, "internal error; it has been logged")
+
+    return Starlette(
+        routes=[
+            *ingest.routes,
+            *smtpeter_rest.routes,
+            *health.routes,
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+        ],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+
+
+async def _bootstrap(services: Services) -> None:
+    if await services.accounts.count_accounts():
+        return
+    from gateway.cli import _print_account
+    from gateway.services.accounts import InputError
+
+    try:
+        created = await services.accounts.create_account("default")
+    except InputError:
+        return  # another replica made it first
+    _print_account(created, as_json=False)
+
+
+class _GraphQLEndpoint:
+    """The /graphql ASGI endpoint; its view is made once services exist (lifespan)."""
+
+    view: GatewayGraphQL | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.view is None:
+            raise RuntimeError("the gateway's lifespan has not started")
+        await self.view(scope, receive, send)
+
+
+__all__ = ["Services", "create_app"]

@@ -1,0 +1,96 @@
+"""Reading events: pages for GraphQL, a message's timeline, SMTPeter's windows."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.domain.events import EventType
+from gateway.domain.query import EventFilter, StoredEvent, in_order, message_state
+from gateway.services.accounts import InputError
+from gateway.storage import events as event_store
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    events: list[StoredEvent]
+    has_next_page: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTimeline:
+    message_id: str
+    events: list[StoredEvent]
+    state: EventType
+
+
+def encode_cursor(event_id: int) -> str:
+    return base64.urlsafe_b64encode(f"event:{event_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str, *, field: str = "after") -> int:
+    """The event id in a cursor; InputError naming ``field`` if it is not one of ours."""
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode()).decode()
+        kind, _, value = text.partition(":")
+        if kind != "event":
+            raise ValueError(kind)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InputError(field, "is not a cursor this API gave out") from None
+
+
+class EventQueries:
+    def __init__(self, engine: AsyncEngine, *, max_page_size: int) -> None:
+        self._engine = engine
+        self._max_page_size = max_page_size
+
+    async def page(
+        self, account_id: int, where: EventFilter, *, first: int, after: str | None
+    ) -> EventPage:
+        """One page of a Relay connection, newest first, keyset-paginated."""
+        if first < 0 or first > self._max_page_size:
+            raise InputError("first", f"must be between 0 and {self._max_page_size}")
+        if where.start is not None and where.end is not None and where.end <= where.start:
+            raise InputError("where.end", "must be after where.start")
+        before_id = decode_cursor(after) if after else None
+        async with self._engine.connect() as connection:
+            events = await event_store.find_events(
+                connection, account_id=account_id, where=where, limit=first + 1, before_id=before_id
+            )
+        return EventPage(events[:first], len(events) > first)
+
+    async def since(
+        self, account_id: int, where: EventFilter, *, after_id: int, limit: int
+    ) -> list[StoredEvent]:
+        """Events stored after ``after_id``, oldest first (for catching up)."""
+        async with self._engine.connect() as connection:
+            return await event_store.find_events(
+                connection,
+                account_id=account_id,
+                where=where,
+                limit=limit,
+                after_id=after_id,
+                oldest_first=True,
+            )
+
+    async def window(self, account_id: int, where: EventFilter, *, limit: int) -> list[StoredEvent]:
+        """Every event in ``where``'s window, in the order they happened."""
+        async with self._engine.connect() as connection:
+            events = await event_store.find_events(
+                connection, account_id=account_id, where=where, limit=limit
+            )
+        return in_order(events)
+
+    async def message(
+        self, account_id: int, message_id: str, *, limit: int = 1000
+    ) -> MessageTimeline | None:
+        """A message's events in the order they happened, and its state."""
+        events = await self.window(account_id, EventFilter(message_id=message_id), limit=limit)
+        state = message_state(stored.event for stored in events)
+        if state is None:
+            return None
+        return MessageTimeline(events[0].event.message_id or message_id, events, state)

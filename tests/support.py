@@ -1,0 +1,53 @@
+"""Small helpers the tests share."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+
+async def gql(client: httpx.AsyncClient, query: str, **variables: Any) -> dict[str, Any]:
+    """Run a GraphQL operation that must succeed; returns its data."""
+    response = await client.post("/graphql", json={"query": query, "variables": variables})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert not body.get("errors"), body["errors"]
+    data: dict[str, Any] = body["data"]
+    return data
+
+
+async def gql_errors(
+    client: httpx.AsyncClient, query: str, **variables: Any
+) -> list[dict[str, Any]]:
+    """Run a GraphQL operation that must fail; returns its errors."""
+    response = await client.post("/graphql", json={"query": query, "variables": variables})
+    body = response.json()
+    assert body.get("errors"), body
+    errors: list[dict[str, Any]] = body["errors"]
+    return errors
+
+
+def brevo_event(**fields: Any) -> dict[str, Any]:
+    """A Brevo webhook event as the seed documents it, with ``fields`` changed."""
+    event: dict[str, Any] = {
+        "event": "delivered",
+        "email": "jane@example.com",
+        "id": 1234,
+        "date": "2026-11-20 10:00:00",
+        "ts": 1763629200,
+        "message-id": "<201798300811.5787683@relay.example.com>",
+        "ts_event": 1763629200,
+        "subject": "Your order",
+        "X-Mailin-custom": "order-77",
+        "sending_ip": "198.51.100.7",
+        "template_id": 22,
+        "tags": ["transac_messages"],
+    }
+    event.update(fields)
+    return event
+
+
+def body(payload: Any) -> bytes:
+    return json.dumps(payload).encode()
