@@ -19,15 +19,18 @@ from gateway.api.graphql.schema import build_schema
 from gateway.api.responses import error
 from gateway.runtime import Services, open_services
 from gateway.settings import Settings
+from gateway.worker import running_worker
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, bootstrap: bool = False) -> Starlette:
+def create_app(
+    settings: Settings | None = None, *, bootstrap: bool = False, worker: bool = False
+) -> Starlette:
     """The gateway as an ASGI app; its services start with the lifespan.
 
     ``bootstrap`` creates a ``default`` account on an empty database and prints its
-    key and tokens.
+    key and tokens; ``worker`` runs a delivery worker inside this process.
     """
     settings = settings or Settings()
     schema = build_schema(settings)
@@ -40,7 +43,10 @@ def create_app(settings: Settings | None = None, *, bootstrap: bool = False) -> 
             if bootstrap:
                 await _bootstrap(services)
             graphql.view = GatewayGraphQL(services, schema)
-            yield
+            async with contextlib.AsyncExitStack() as stack:
+                if worker:
+                    await stack.enter_async_context(running_worker(services))
+                yield
 
     async def http_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

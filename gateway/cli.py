@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, accounts create, migrate, export-schema."""
+"""The `gateway` command: serve, worker, accounts create, migrate, export-schema."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
     from gateway.app import create_app
 
-    app = create_app(settings, bootstrap=True)
+    app = create_app(settings, bootstrap=True, worker=not args.no_worker)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
 
 
@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the HTTP/GraphQL server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--no-worker", action="store_true", help="do not run a delivery worker in this process"
+    )
+    commands.add_parser("worker", help="run a delivery worker (start several to scale out)")
     accounts = commands.add_parser("accounts", help="manage accounts")
     account_commands = accounts.add_subparsers(dest="action", required=True)
     create = account_commands.add_parser("create", help="create an account, its key and tokens")
@@ -90,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     if args.command == "serve":
         _serve(settings, args)
+    elif args.command == "worker":
+        from gateway.worker import run_worker
+
+        run_worker(settings)
     elif args.command == "accounts":
         from gateway.services.accounts import InputError
 

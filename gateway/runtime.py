@@ -10,16 +10,22 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx
+from arq.connections import RedisSettings, create_pool
+from httpx_aiohttp import AiohttpTransport
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.delivery.sender import DeliverySender
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.ids import NODE_COUNT, IdGenerator
+from gateway.live import LiveEvents, LiveHub
 from gateway.metrics import Metrics
 from gateway.services.accounts import AccountService
 from gateway.services.events import EventQueries
 from gateway.services.ingest import IngestWriter, RejectedPayloads
+from gateway.services.webhooks import DeliveryQueue, WebhookService
 from gateway.settings import Settings
 from gateway.storage.db import make_engine, migrate
 
@@ -38,6 +44,12 @@ class Services:
     writer: IngestWriter
     rejections: RejectedPayloads
     metrics: Metrics
+    queue: DeliveryQueue
+    webhooks: WebhookService
+    http: httpx.AsyncClient
+    sender: DeliverySender
+    live: LiveHub
+    live_events: LiveEvents
 
     async def ready(self) -> dict[str, str]:
         """The state of each dependency: "ok" or what went wrong."""
@@ -54,6 +66,26 @@ class Services:
         except Exception as exc:
             state["redis"] = f"unavailable: {type(exc).__name__}"
         return state
+
+
+def make_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The process's one client for web hook calls.
+
+    httpx's own pool managed ~450-650 posts/s at concurrency 50 here (p99 over 1.4 s
+    uncapped); the aiohttp transport ~1,900/s with the same httpx API. Redirects are not
+    followed: a 3xx is the receiver's answer, and following it could lead to an address
+    the private-target check never saw.
+    """
+    limits = httpx.Limits(
+        max_connections=settings.delivery_concurrency,
+        max_keepalive_connections=settings.delivery_concurrency,
+        keepalive_expiry=30,
+    )
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(limits=limits, trust_env=False),
+        timeout=settings.delivery_timeout_seconds,
+        follow_redirects=False,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -75,6 +107,16 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         if settings.embedded_database:
             await migrate(engine)
         writer = IngestWriter(engine, ids, batch_max=settings.ingest_batch_max)
+        queue_pool = await create_pool(RedisSettings.from_dsn(redis_url))
+        queue = DeliveryQueue(queue_pool)
+        webhooks = WebhookService(engine, ids, queue, settings)
+        writer.add_hooks(in_transaction=webhooks.write_outbox)
+        http = make_http_client(settings)
+        metrics = Metrics()
+        events = EventQueries(engine, max_page_size=settings.max_page_size)
+        live = LiveHub(redis, max_queue=settings.live_queue_size, metrics=metrics)
+        live_events = LiveEvents(live, events, page_size=settings.max_page_size)
+        writer.add_hooks(after_commit=live_events.publish)
         services = Services(
             settings=settings,
             engine=engine,
@@ -82,16 +124,26 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             redis_url=redis_url,
             ids=ids,
             accounts=AccountService(engine, ids, cache_seconds=settings.source_cache_seconds),
-            events=EventQueries(engine, max_page_size=settings.max_page_size),
+            events=events,
             writer=writer,
             rejections=RejectedPayloads(engine, ids),
-            metrics=Metrics(),
+            metrics=metrics,
+            queue=queue,
+            webhooks=webhooks,
+            http=http,
+            sender=DeliverySender(engine, ids, http, settings),
+            live=live,
+            live_events=live_events,
         )
         await writer.start()
         try:
             yield services
         finally:
             await writer.stop()
+            await services.sender.close()
+            await live.stop()  # after the writer: its last after-commit messages go out
+            await http.aclose()
+            await queue_pool.aclose()
     finally:
         await redis.aclose()
         await engine.dispose()

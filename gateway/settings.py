@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     max_aliases: int = 30
     max_query_tokens: int = 2000
 
+    # Live events (GraphQL subscriptions over websocket).
+    # Items a subscriber may fall behind by before it is told it is too slow and cut off.
+    live_queue_size: int = 1000
+    # Subscriptions (and in-flight operations) one websocket may hold at once.
+    ws_max_subscriptions: int = 20
+    # Seconds between keep-alive messages ("ka" on graphql-ws, "ping" on
+    # graphql-transport-ws), so that proxies do not close quiet connections.
+    ws_keep_alive_seconds: float = 15.0
+    # Seconds a new websocket has to send connection_init.
+    ws_init_timeout_seconds: float = 10.0
+
     # Web hooks (delivery rules of DESIGN.md).
     retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
     disable_after: int = 1000

@@ -29,11 +29,13 @@ from gateway.app import create_app
 from gateway.runtime import Services
 from gateway.services.accounts import CreatedAccount
 from gateway.settings import Settings
+from tests.receiver import Receiver
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Database numbers of the tests' own (9, 10): some tests flush them.
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
@@ -124,14 +126,23 @@ async def serve(settings: Settings, backend: str, **app_options: Any) -> AsyncIt
         await task
 
 
-def settings_for(backend: str, tmp: Path, redis_url: str, database_url: str | None) -> Settings:
-    return Settings(
-        data_dir=tmp,
-        database_url=database_url,
-        redis_url=redis_url,
-        source_cache_seconds=0,
-        _env_file=None,  # type: ignore[call-arg]
-    )
+def settings_for(
+    backend: str, tmp: Path, redis_url: str, database_url: str | None, **overrides: Any
+) -> Settings:
+    """Settings for a test gateway: web hooks may call 127.0.0.1 (the receivers), and
+    retries and sweeps come quickly so that tests see them."""
+    values: dict[str, Any] = {
+        "data_dir": tmp,
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "source_cache_seconds": 0,
+        "allow_private_webhooks": True,
+        "retry_schedule": "0.2,0.4",
+        "sweep_interval_seconds": 0.5,
+        "delivery_timeout_seconds": 3,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
@@ -150,8 +161,29 @@ async def gateway(
         engine = make_engine(async_database_url(database_url))
         await migrate(engine)
         await engine.dispose()
-    async with serve(settings_for(backend, tmp, redis_url, database_url), backend) as running:
+    # A Redis database per backend: their workers must not take each other's jobs.
+    backend_redis = redis_url.rsplit("/", 1)[0] + ("/9" if backend == "sqlite" else "/10")
+    async with serve(
+        settings_for(backend, tmp, backend_redis, database_url), backend, worker=True
+    ) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+async def receiver() -> AsyncIterator[Receiver]:
+    """A web hook receiver served by uvicorn on 127.0.0.1."""
+    receiving = Receiver()
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(receiving.app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    receiving.base_url = f"http://127.0.0.1:{port}"
+    yield receiving
+    server.should_exit = True
+    await task
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from gateway.ids import IdGenerator
 from gateway.providers import registry
 from gateway.storage import accounts as store
 from gateway.storage.accounts import SourceRecord
+from gateway.storage.db import begin_write
 
 
 class InputError(ValueError):
@@ -69,7 +70,7 @@ class AccountService:
         account_id = self._ids.next_id()
         api_key = new_secret("egw_")
         tokens: dict[str, str] = {}
-        async with self._engine.begin() as connection:
+        async with begin_write(self._engine) as connection:
             if await store.account_id_by_name(connection, name) is not None:
                 raise InputError("name", f"an account named {name!r} exists already")
             await store.create_account(connection, account_id=account_id, name=name, now=now)
@@ -139,7 +140,7 @@ class AccountService:
             created_at=datetime.now(UTC),
             parameters=_checked_parameters(provider, parameters or {}),
         )
-        async with self._engine.begin() as connection:
+        async with begin_write(self._engine) as connection:
             await store.add_source(connection, source=source, token_hash=hash_secret(token))
         return source, token
 
@@ -156,7 +157,7 @@ class AccountService:
         timezone: str | None = None,
         parameters: dict[str, str] | None = None,
     ) -> SourceRecord | None:
-        async with self._engine.begin() as connection:
+        async with begin_write(self._engine) as connection:
             current = await store.get_source(connection, account_id=account_id, source_id=source_id)
             if current is None:
                 return None
@@ -182,7 +183,7 @@ class AccountService:
         return changed
 
     async def delete_source(self, account_id: int, source_id: int) -> bool:
-        async with self._engine.begin() as connection:
+        async with begin_write(self._engine) as connection:
             deleted = await store.delete_source(
                 connection, account_id=account_id, source_id=source_id
             )

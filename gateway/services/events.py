@@ -27,17 +27,17 @@ class MessageTimeline:
     state: EventType
 
 
-def encode_cursor(event_id: int) -> str:
-    return base64.urlsafe_b64encode(f"event:{event_id}".encode()).decode()
+def encode_cursor(row_id: int, kind: str = "event") -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{row_id}".encode()).decode()
 
 
-def decode_cursor(cursor: str, *, field: str = "after") -> int:
-    """The event id in a cursor; InputError naming ``field`` if it is not one of ours."""
+def decode_cursor(cursor: str, *, field: str = "after", kind: str = "event") -> int:
+    """The id in a cursor of ``kind``; InputError naming ``field`` if it is not one."""
     try:
         text = base64.urlsafe_b64decode(cursor.encode()).decode()
-        kind, _, value = text.partition(":")
-        if kind != "event":
-            raise ValueError(kind)
+        found, _, value = text.partition(":")
+        if found != kind:
+            raise ValueError(found)
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InputError(field, "is not a cursor this API gave out") from None

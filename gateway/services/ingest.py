@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,13 +23,18 @@ from gateway.domain.query import StoredEvent
 from gateway.ids import IdGenerator
 from gateway.storage import accounts as account_store
 from gateway.storage import events as event_store
+from gateway.storage.db import begin_write
 from gateway.storage.events import NewEvent
 
 log = logging.getLogger(__name__)
 
 # Called inside the transaction with the events just stored (the outbox: deliveries are
-# written with their events or not at all), and after commit (live bus, queue).
-InTransaction = Callable[[AsyncConnection, Sequence[StoredEvent]], Awaitable[None]]
+# written with their events or not at all); what it returns is run after commit
+# (enqueueing what it wrote). After-commit hooks get the stored events (live bus).
+AfterCommitAction = Callable[[], Awaitable[None]]
+InTransaction = Callable[
+    [AsyncConnection, Sequence[StoredEvent]], Awaitable[AfterCommitAction | None]
+]
 AfterCommit = Callable[[Sequence[StoredEvent]], Awaitable[None]]
 
 
@@ -110,7 +116,7 @@ class IngestWriter:
                 batch.append(pending)
                 rows += len(pending.events)
             try:
-                results, stored = await self._commit(batch)
+                results, stored, actions = await self._commit(batch)
             except Exception as exc:
                 log.exception("ingest transaction failed for %d requests", len(batch))
                 for pending in batch:
@@ -122,16 +128,18 @@ class IngestWriter:
                     pending.done.set_result(result)
             if stored:
                 for hook in self._after_commit:
-                    try:
-                        await hook(stored)
-                    except Exception:
-                        # The events are committed; a failed notification must not undo
-                        # that answer. The outbox sweeper picks up undelivered work.
-                        log.exception("after-commit hook %r failed", hook)
+                    actions.append(functools.partial(hook, stored))
+            for action in actions:
+                try:
+                    await action()
+                except Exception:
+                    # The events are committed; a failed notification must not undo
+                    # that answer. The outbox sweeper picks up undelivered work.
+                    log.exception("after-commit action %r failed", action)
 
     async def _commit(
         self, batch: Sequence[_Pending]
-    ) -> tuple[list[IngestResult], list[StoredEvent]]:
+    ) -> tuple[list[IngestResult], list[StoredEvent], list[AfterCommitAction]]:
         now = datetime.now(UTC)
         numbered = [
             [
@@ -140,7 +148,7 @@ class IngestWriter:
             ]
             for pending in batch
         ]
-        async with self._engine.begin() as connection:
+        async with begin_write(self._engine) as connection:
             stored = await event_store.insert_events(
                 connection, events=[new for group in numbered for new in group], now=now
             )
@@ -150,13 +158,16 @@ class IngestWriter:
                 for new in group
                 if new.id in stored
             ]
-            for hook in self._in_transaction:
-                await hook(connection, stored_events)
+            actions = [
+                action
+                for hook in self._in_transaction
+                if (action := await hook(connection, stored_events)) is not None
+            ]
         results = []
         for group in numbered:
             ids = tuple(new.id for new in group if new.id in stored)
             results.append(IngestResult(len(ids), len(group) - len(ids), ids))
-        return results, stored_events
+        return results, stored_events, actions
 
 
 class RejectedPayloads:
@@ -180,7 +191,7 @@ class RejectedPayloads:
         status: int,
         reason: str,
     ) -> None:
-        async with self._engine.begin() as connection:
+        async with begin_write(self._engine) as connection:
             await account_store.save_rejected(
                 connection,
                 id=self._ids.next_id(),

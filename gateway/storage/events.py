@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, exists, select, true
+from sqlalchemy import Select, exists, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -95,6 +95,8 @@ async def insert_events(
     if not events:
         return set()
     rows = [_row_values(new.id, new.account_id, new.source_id, new.event, now) for new in events]
+    if connection.dialect.name == "postgresql":
+        return await _insert_postgresql(connection, events, rows)
     statement = (
         _insert(connection, events_table)
         .on_conflict_do_nothing(index_elements=["account_id", "dedupe_key"])
@@ -130,6 +132,61 @@ async def insert_events(
             ],
         )
     return stored
+
+
+# Events, their tag rows and tag counts in one PostgreSQL statement. The rows arrive as
+# one JSON document that PostgreSQL turns into records of the table's own row type: one
+# round trip and one prepared statement for a batch of any size, and next to no
+# per-value work in Python (twice the rows per second of multi-row VALUES and two more
+# statements). Tags and counts are written only for the events actually inserted (not
+# the duplicates); counts in (account, tag) order, so that concurrent writers lock
+# them in one order and never deadlock.
+_POSTGRESQL_INSERT = text(
+    """
+    WITH inserted AS (
+        INSERT INTO events
+        SELECT * FROM json_populate_recordset(NULL::events, CAST(:events AS json))
+        ON CONFLICT (account_id, dedupe_key) DO NOTHING
+        RETURNING id
+    ), new_tags AS (
+        SELECT tag.account_id, tag.tag, tag.event_id
+        FROM json_to_recordset(CAST(:tags AS json))
+            AS tag(account_id bigint, tag text, event_id bigint)
+        JOIN inserted ON inserted.id = tag.event_id
+    ), tag_rows AS (
+        INSERT INTO event_tags (account_id, tag, event_id)
+        SELECT account_id, tag, event_id FROM new_tags
+        ON CONFLICT DO NOTHING
+    ), counts AS (
+        INSERT INTO tag_counts (account_id, tag, count)
+        SELECT account_id, tag, count(*) FROM new_tags
+        GROUP BY account_id, tag ORDER BY account_id, tag
+        ON CONFLICT (account_id, tag) DO UPDATE SET count = tag_counts.count + excluded.count
+    )
+    SELECT id FROM inserted
+    """
+)
+_TIMES = ("occurred_at", "sent_at", "received_at")
+
+
+async def _insert_postgresql(
+    connection: AsyncConnection, events: Sequence[NewEvent], rows: list[dict[str, Any]]
+) -> set[int]:
+    for row in rows:
+        for name in _TIMES:
+            # As UTCDateTime would: a naive time is a bug upstream, not UTC by guess.
+            if row[name] is not None and row[name].utcoffset() is None:
+                raise ValueError(f"{name} must be an aware datetime")
+    tags = [
+        {"account_id": new.account_id, "tag": tag, "event_id": new.id}
+        for new in events
+        for tag in new.event.tags
+    ]
+    result = await connection.execute(
+        _POSTGRESQL_INSERT,
+        {"events": orjson.dumps(rows).decode(), "tags": orjson.dumps(tags).decode()},
+    )
+    return {row[0] for row in result}
 
 
 def _stored_event(row: RowMapping) -> StoredEvent:
@@ -172,9 +229,9 @@ async def _rarest_first(
     return sorted(set(tags), key=lambda tag: counts[tag])
 
 
-def _column_filters(account_id: int, where: EventFilter) -> list[Any]:
+def _column_filters(where: EventFilter) -> list[Any]:
     c = events_table.c
-    conditions: list[Any] = [c.account_id == account_id]
+    conditions: list[Any] = []
     if where.message_id is not None:
         conditions.append(c.message_id == bare_message_id(where.message_id))
     if where.email is not None:
@@ -192,6 +249,15 @@ def _column_filters(account_id: int, where: EventFilter) -> list[Any]:
     return conditions
 
 
+def _has_tag(account_id: int, tag: str, event_id: Any) -> Any:
+    """EXISTS: the event whose id is ``event_id`` (a column) carries ``tag``."""
+    return exists().where(
+        tags_table.c.account_id == account_id,
+        tags_table.c.tag == tag,
+        tags_table.c.event_id == event_id,
+    )
+
+
 async def find_events(
     connection: AsyncConnection,
     *,
@@ -206,35 +272,48 @@ async def find_events(
 
     ``before_id``/``after_id`` are keyset bounds (exclusive). All-of-tags queries are
     driven by the rarest tag's index entries, checking the others per row: that keeps
-    common+common, common+rare and rare+rare pairs all to a short index walk.
+    common+common, common+rare and rare+rare pairs all to a short index walk. With an
+    address or a message id as well, that one's few events drive instead.
     """
     c = events_table.c
-    conditions = _column_filters(account_id, where)
+    conditions = _column_filters(where)
     key = c.id
     query: Select[Any]
     if where.tags:
         ordered = await _rarest_first(connection, account_id, where.tags)
         if ordered is None:
             return []
-        driver = tags_table.alias("driver")
-        key = driver.c.event_id
-        others = [
-            exists().where(
-                and_(
-                    tags_table.c.account_id == account_id,
-                    tags_table.c.tag == tag,
-                    tags_table.c.event_id == driver.c.event_id,
+        if where.message_id is not None or where.email is not None:
+            # A message or an address has a handful of events: walk those (by their
+            # index) and check every tag per row, however common the tags are.
+            conditions.append(c.account_id == account_id)
+            query = select(events_table).where(
+                *(_has_tag(account_id, tag, c.id) for tag in ordered)
+            )
+        else:
+            driver = tags_table.alias("driver")
+            key = driver.c.event_id
+            if connection.dialect.name == "sqlite":
+                # SQLite has no statistics here (nothing runs ANALYZE), and without them
+                # it drives this join from the account's events, through any index that
+                # starts with account_id, and sorts them all: seconds at 1M events.
+                # "account_id + 0" can use no index, which leaves the rarest tag's index
+                # entries to drive the join, as meant.
+                conditions.append(c.account_id + 0 == account_id)
+            else:
+                conditions.append(c.account_id == account_id)
+            query = (
+                select(events_table)
+                .select_from(driver.join(events_table, c.id == driver.c.event_id))
+                .where(
+                    driver.c.account_id == account_id,
+                    driver.c.tag == ordered[0],
+                    *(_has_tag(account_id, tag, driver.c.event_id) for tag in ordered[1:]),
                 )
             )
-            for tag in ordered[1:]
-        ]
-        query = (
-            select(events_table)
-            .select_from(driver.join(events_table, c.id == driver.c.event_id))
-            .where(driver.c.account_id == account_id, driver.c.tag == ordered[0], *others)
-        )
     else:
-        query = select(events_table).where(true())
+        conditions.append(c.account_id == account_id)
+        query = select(events_table)
     if before_id is not None:
         conditions.append(key < before_id)
     if after_id is not None:

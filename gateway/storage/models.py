@@ -109,3 +109,72 @@ class RejectedPayload(SQLModel, table=True):
     status: int
     reason: str = Field(sa_type=Text)
     received_at: datetime
+
+
+class Webhook(SQLModel, table=True):
+    """A customer's web hook. The signing secret is kept as is: signing needs it."""
+
+    __tablename__ = "webhooks"
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    account_id: int = Field(sa_type=BigInteger, foreign_key="accounts.id", index=True)
+    url: str = Field(sa_type=Text)
+    method: str = Field(max_length=8)
+    events: str = Field(default="[]", sa_type=Text)  # JSON array of EventType names
+    format: str = Field(max_length=16)
+    # JSON object field -> name, or null for every field under its default name.
+    parameters: str | None = Field(default=None, sa_type=Text)
+    tags: str = Field(default="[]", sa_type=Text)
+    templates: str = Field(default="[]", sa_type=Text)
+    secret: str = Field(sa_type=Text)
+    enabled: bool = True
+    disabled_reason: str | None = Field(default=None, sa_type=Text)
+    consecutive_failures: int = 0
+    backfill_days: int = 7
+    created_at: datetime
+    updated_at: datetime
+
+
+class Delivery(SQLModel, table=True):
+    """One event owed to one web hook: the transactional outbox row."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id", name="uq_deliveries_webhook_event"),
+        Index("ix_deliveries_webhook", "webhook_id", "id"),
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+    )
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    account_id: int = Field(sa_type=BigInteger)
+    webhook_id: int = Field(sa_type=BigInteger, foreign_key="webhooks.id", ondelete="CASCADE")
+    # Null for a test delivery (sendTestEvent), whose event is a fixed sample.
+    event_id: int | None = Field(default=None, sa_type=BigInteger)
+    status: str = Field(max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    # A worker owns the delivery until then: two workers never send it at once.
+    lease_until: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeliveryAttemptRow(SQLModel, table=True):
+    """One HTTP call made for a delivery: the web hook's log."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (
+        Index("ix_attempts_delivery", "delivery_id", "number"),
+        Index("ix_attempts_webhook", "webhook_id", "id"),
+    )
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    account_id: int = Field(sa_type=BigInteger)
+    webhook_id: int = Field(sa_type=BigInteger, foreign_key="webhooks.id", ondelete="CASCADE")
+    delivery_id: int = Field(sa_type=BigInteger, foreign_key="deliveries.id", ondelete="CASCADE")
+    number: int
+    at: datetime
+    method: str = Field(max_length=8)
+    url: str = Field(sa_type=Text)
+    request_body: str = Field(default="", sa_type=Text)
+    status_code: int | None = None
+    duration_ms: float
+    error: str | None = Field(default=None, sa_type=Text)
+    response_excerpt: str | None = Field(default=None, sa_type=Text)

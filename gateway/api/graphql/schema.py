@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import strawberry
@@ -17,6 +16,8 @@ from strawberry.extensions import (
 )
 from strawberry.types import Info
 
+from gateway.api.graphql.context import Context, authorized, object_id, user_error
+from gateway.api.graphql.subscriptions import SharedExecution, Subscription
 from gateway.api.graphql.types import (
     EVENT_TYPES,
     CreateIngestSourceInput,
@@ -28,49 +29,13 @@ from gateway.api.graphql.types import (
     UpdateIngestSourceInput,
     parameters_dict,
 )
-from gateway.runtime import Services
+from gateway.api.graphql.webhooks import WebhookMutation, WebhookQuery
 from gateway.services.accounts import InputError
 from gateway.settings import Settings
 
 
-@dataclass
-class Context:
-    services: Services
-    # None until the caller is authenticated (GraphiQL's page, a websocket before
-    # connection_init): nothing may be read then.
-    account_id: int | None
-
-
-@dataclass
-class AuthorizedContext:
-    services: Services
-    account_id: int
-
-
-def _context(info: Info[Context, None]) -> AuthorizedContext:
-    context = info.context
-    if context.account_id is None:
-        raise GraphQLError("not authenticated", extensions={"code": "UNAUTHENTICATED"})
-    return AuthorizedContext(context.services, context.account_id)
-
-
-def user_error(error: InputError) -> GraphQLError:
-    """A GraphQL error whose message and extensions name the offending field."""
-    return GraphQLError(
-        f"{error.field}: {error.message}",
-        extensions={"code": "BAD_USER_INPUT", "field": error.field},
-    )
-
-
-def _id(value: strawberry.ID, field: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise user_error(InputError(field, f"{value!r} is not an id")) from None
-
-
 @strawberry.type
-class Query:
+class Query(WebhookQuery):
     @strawberry.field(description="Events, newest first, as a Relay cursor connection.")
     async def events(
         self,
@@ -79,7 +44,7 @@ class Query:
         first: int | None = None,
         after: str | None = None,
     ) -> EventConnection:
-        context = _context(info)
+        context = authorized(info)
         domain_filter = (where or EventFilter()).to_domain()
         size = context.services.settings.default_page_size if first is None else first
         try:
@@ -92,24 +57,24 @@ class Query:
 
     @strawberry.field(description="One message's events in order, and its current state.")
     async def message(self, info: Info[Context, None], message_id: str) -> Message | None:
-        context = _context(info)
+        context = authorized(info)
         timeline = await context.services.events.message(context.account_id, message_id)
         return None if timeline is None else Message.from_timeline(timeline)
 
     @strawberry.field
     async def ingest_sources(self, info: Info[Context, None]) -> list[IngestSource]:
-        context = _context(info)
+        context = authorized(info)
         records = await context.services.accounts.list_sources(context.account_id)
         return [IngestSource.from_record(record) for record in records]
 
 
 @strawberry.type
-class Mutation:
+class Mutation(WebhookMutation):
     @strawberry.mutation(description="A new ingest source; its token is shown only here.")
     async def create_ingest_source(
         self, info: Info[Context, None], input: CreateIngestSourceInput
     ) -> IngestSourceCreated:
-        context = _context(info)
+        context = authorized(info)
         try:
             record, token = await context.services.accounts.create_source(
                 context.account_id,
@@ -126,11 +91,11 @@ class Mutation:
     async def update_ingest_source(
         self, info: Info[Context, None], id: strawberry.ID, input: UpdateIngestSourceInput
     ) -> IngestSource | None:
-        context = _context(info)
+        context = authorized(info)
         try:
             record = await context.services.accounts.update_source(
                 context.account_id,
-                _id(id, "id"),
+                object_id(id, "id"),
                 name=input.name,
                 timezone=input.timezone,
                 parameters=parameters_dict(input.parameters),
@@ -141,8 +106,10 @@ class Mutation:
 
     @strawberry.mutation(description="True if the source existed; its token stops working.")
     async def delete_ingest_source(self, info: Info[Context, None], id: strawberry.ID) -> bool:
-        context = _context(info)
-        return await context.services.accounts.delete_source(context.account_id, _id(id, "id"))
+        context = authorized(info)
+        return await context.services.accounts.delete_source(
+            context.account_id, object_id(id, "id")
+        )
 
 
 def _should_mask(error: GraphQLError) -> bool:
@@ -173,7 +140,10 @@ def build_schema(settings: Settings | None = None, **extra: Any) -> strawberry.S
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         types=list(EVENT_TYPES),
         extensions=extensions,
+        # Runs a subscription event once for all subscribers with the same selection.
+        execution_context_class=SharedExecution,
         **extra,
     )

@@ -1,0 +1,50 @@
+"""The GraphQL context, and the helpers every resolver uses to read it and to refuse input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.types import Info
+
+from gateway.runtime import Services
+from gateway.services.accounts import InputError
+
+
+@dataclass
+class Context:
+    services: Services
+    # None until the caller is authenticated (GraphiQL's page, a websocket before
+    # connection_init): nothing may be read then.
+    account_id: int | None
+
+
+@dataclass
+class AuthorizedContext:
+    services: Services
+    account_id: int
+
+
+def authorized(info: Info[Context, None]) -> AuthorizedContext:
+    """The caller's context; an UNAUTHENTICATED error if there is no caller yet."""
+    context = info.context
+    if context.account_id is None:
+        raise GraphQLError("not authenticated", extensions={"code": "UNAUTHENTICATED"})
+    return AuthorizedContext(context.services, context.account_id)
+
+
+def user_error(error: InputError) -> GraphQLError:
+    """A GraphQL error whose message and extensions name the offending field."""
+    return GraphQLError(
+        f"{error.field}: {error.message}",
+        extensions={"code": "BAD_USER_INPUT", "field": error.field},
+    )
+
+
+def object_id(value: strawberry.ID, field: str) -> int:
+    """An id argument as the integer it stands for; an error naming ``field`` if not."""
+    try:
+        return int(value)
+    except ValueError:
+        raise user_error(InputError(field, f"{value!r} is not an id")) from None
