@@ -535,3 +535,28 @@ async def test_redis_flushed_mid_run_loses_no_delivery(
     await settled(api, webhook["id"], 20, {"SUCCEEDED"}, timeout=30)
     delivered = {json.loads(c.body)["email"] for c in endpoint.calls if c.at and json.loads(c.body)}
     assert {f"f{i}@example.com" for i in range(20)} <= delivered
+
+
+async def test_a_webhook_deleted_mid_call_does_not_lose_other_results(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(_r: Received) -> Response:
+        await release.wait()
+        return Response("ok")
+
+    doomed_endpoint = receiver.endpoint(slow)
+    doomed, _ = await create_webhook(api, url=doomed_endpoint.url, events=["DELIVERED"])
+    kept_endpoint = receiver.endpoint(slow)
+    kept, _ = await create_webhook(api, url=kept_endpoint.url, events=["DELIVERED"])
+    await ingest_brevo(gateway, account, brevo_event())
+    await doomed_endpoint.wait_for(1)
+    await kept_endpoint.wait_for(1)
+    assert (await gql(api, "mutation($id: ID!) { deleteWebhook(id: $id) }", id=doomed["id"]))[
+        "deleteWebhook"
+    ]
+    release.set()
+    [delivery] = await settled(api, kept["id"], 1, {"SUCCEEDED"})
+    assert len(delivery["attempts"]) == 1
+    assert len(kept_endpoint.calls) == 1  # its result was logged, not lost and sent again

@@ -214,7 +214,18 @@ class FinishedAttempt:
 async def finish_attempts(
     connection: AsyncConnection, *, finished: Sequence[FinishedAttempt]
 ) -> None:
-    """Log the calls and move their deliveries on, releasing their leases."""
+    """Log the calls and move their deliveries on, releasing their leases.
+
+    Calls for a web hook deleted meanwhile are dropped (its deliveries went with it):
+    one such row must not fail the log of every other call in the batch.
+    """
+    existing = await connection.execute(
+        select(webhooks_table.c.id).where(
+            webhooks_table.c.id.in_({item.attempt.webhook_id for item in finished})
+        )
+    )
+    alive = {row[0] for row in existing}
+    finished = [item for item in finished if item.attempt.webhook_id in alive]
     if not finished:
         return
     await connection.execute(
