@@ -297,29 +297,28 @@ class WebhookService:
         self, webhooks: Sequence[WebhookConfig], stored: Sequence[StoredEvent]
     ) -> list[dict[str, object]]:
         now = datetime.now(UTC)
-        rows: list[dict[str, object]] = []
-        for stored_event in stored:
-            for webhook in webhooks:
-                if webhook.account_id != stored_event.account_id:
-                    continue
-                if not webhook.wants(stored_event.event):
-                    continue
-                rows.append(
-                    {
-                        "id": self._ids.next_id(),
-                        "account_id": webhook.account_id,
-                        "webhook_id": webhook.id,
-                        "event_id": stored_event.id,
-                        "status": (
-                            DeliveryStatus.PENDING if webhook.enabled else DeliveryStatus.HELD
-                        ).value,
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
-        return rows
+        return [
+            self._delivery_row(webhook, stored_event.id, now)
+            for stored_event in stored
+            for webhook in webhooks
+            if webhook.account_id == stored_event.account_id and webhook.wants(stored_event.event)
+        ]
+
+    def _delivery_row(
+        self, webhook: WebhookConfig, event_id: int | None, now: datetime
+    ) -> dict[str, object]:
+        """An outbox row: due now, or held while its web hook is disabled."""
+        return {
+            "id": self._ids.next_id(),
+            "account_id": webhook.account_id,
+            "webhook_id": webhook.id,
+            "event_id": event_id,
+            "status": (DeliveryStatus.PENDING if webhook.enabled else DeliveryStatus.HELD).value,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
 
     async def backfill(self, webhook_id: int) -> int:
         """Deliveries for the matching events of the web hook's last ``backfillDays``,
@@ -432,29 +431,15 @@ class WebhookService:
 
     async def send_test(self, account_id: int, webhook_id: int) -> DeliveryView | None:
         """A delivery of a fixed sample event (not stored as traffic)."""
-        now = datetime.now(UTC)
-        delivery_id = self._ids.next_id()
         async with begin_write(self._engine) as connection:
             webhook = await store.get_webhook(
                 connection, webhook_id=webhook_id, account_id=account_id
             )
             if webhook is None:
                 return None
-            await store.insert_deliveries(
-                connection,
-                rows=[
-                    {
-                        "id": delivery_id,
-                        "account_id": account_id,
-                        "webhook_id": webhook_id,
-                        "event_id": None,
-                        "status": DeliveryStatus.PENDING.value,
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                ],
-            )
+            # Like any delivery, held while the web hook is disabled.
+            row = self._delivery_row(webhook, None, datetime.now(UTC))
+            await store.insert_deliveries(connection, rows=[row])
+        delivery_id = int(str(row["id"]))
         await self._queue.enqueue([delivery_id])
         return await self.delivery(account_id, delivery_id)
