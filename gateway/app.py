@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -43,6 +44,7 @@ def create_app(
             if bootstrap:
                 await _bootstrap(services)
             graphql.view = GatewayGraphQL(services, schema)
+            _tune_collector()
             async with contextlib.AsyncExitStack() as stack:
                 if worker:
                     await stack.enter_async_context(running_worker(services))
@@ -67,6 +69,22 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
+
+
+def _tune_collector() -> None:
+    """Keep Python's full collections, which stop everything, rare and short.
+
+    A full collection walks every tracked object: with 1,000 websockets ~0.5M of them,
+    350-450 ms here, during which no event is sent. The start-up heap (schema, modules:
+    ~230k objects) never becomes garbage; frozen, it is not walked. Each live event parks
+    a few new objects in every subscriber until the next one, and young collections
+    promote them; collecting the young generation every 20,000 allocations instead of
+    700 promotes far fewer. Measured with 1,000 subscribers at 20 events/s: a full
+    collection every ~13 s before, none in 60 s after.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
 
 
 async def _bootstrap(services: Services) -> None:

@@ -21,6 +21,7 @@ from gateway.delivery.sender import DeliverySender
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.ids import NODE_COUNT, IdGenerator
 from gateway.live import LiveEvents, LiveHub
+from gateway.live.attempts import attempt_publisher
 from gateway.metrics import Metrics
 from gateway.services.accounts import AccountService
 from gateway.services.events import EventQueries
@@ -131,7 +132,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             queue=queue,
             webhooks=webhooks,
             http=http,
-            sender=DeliverySender(engine, ids, http, settings),
+            sender=DeliverySender(engine, ids, http, settings, on_attempt=attempt_publisher(live)),
             live=live,
             live_events=live_events,
         )

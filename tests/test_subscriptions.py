@@ -16,18 +16,23 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio
+from starlette.responses import Response
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from gateway.domain.events import EventType, NormalizedEvent, Provider, RejectReason, Severity
 from gateway.domain.query import StoredEvent
+from gateway.live import GAP, Subscriber, SubscriberOverflow
 from gateway.live.codec import decode_event, encode_event
 from gateway.services.accounts import CreatedAccount
 from gateway.settings import async_database_url
 from gateway.storage.db import make_engine, migrate
 from tests.conftest import Gateway, serve, settings_for
+from tests.receiver import Receiver
 from tests.support import body, brevo_event
+from tests.test_webhooks import create_webhook
 
 TRANSPORT_WS = Subprotocol("graphql-transport-ws")
 LEGACY_WS = Subprotocol("graphql-ws")
@@ -519,6 +524,59 @@ async def test_resume_on_another_replica(replicas: tuple[Gateway, Gateway]) -> N
         assert (await next_event(ws))["id"] == live[0]
 
 
+async def test_subscribers_with_the_same_selection_share_one_execution_per_event(
+    gateway: Gateway, account: CreatedAccount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executed: list[str] = []
+    execute = StrawberryGraphQLCoreExecutionContext.execute_operation
+
+    def counting(self: Any, serially: bool | None = None) -> Any:
+        executed.append(type(self.root_value).__name__)
+        return execute(self, serially)
+
+    monkeypatch.setattr(StrawberryGraphQLCoreExecutionContext, "execute_operation", counting)
+    other_selection = "subscription { events { id } }"
+    async with (
+        connected(gateway, account.api_key) as one,
+        connected(gateway, account.api_key, LEGACY_WS) as two,
+    ):
+        for ws in (one, two):
+            await start(ws, "same")
+        await start(two, "other", other_selection)
+        await subscribed(gateway, account, 3)
+        await ingest(gateway, account, brevo())
+        await next_event(one)
+        assert {(await receive(two))["id"] for _ in range(2)} == {"same", "other"}
+    assert executed == ["SendingEvent", "SendingEvent"]  # one per selection
+
+
+# The hub's subscriber queue
+
+
+async def test_a_subscriber_gets_what_it_accepts_in_order() -> None:
+    subscriber: Subscriber[int] = Subscriber(
+        (1, "n"), max_queue=10, accept=lambda n: n % 2 == 0, on_close=lambda _: None
+    )
+    subscriber.offer([1, 2, 3, 4])
+    subscriber.signal_gap()
+    assert [await subscriber.get() for _ in range(3)] == [2, 4, GAP]
+
+
+async def test_a_subscriber_past_its_queue_is_cut_off_and_forgotten() -> None:
+    forgotten: list[Subscriber[int]] = []
+    subscriber: Subscriber[int] = Subscriber(
+        (1, "n"), max_queue=3, accept=None, on_close=forgotten.append
+    )
+    subscriber.offer([1, 2])
+    subscriber.offer([3, 4])
+    assert len(subscriber) == 0  # dropped at once, not when the consumer wakes
+    assert forgotten == [subscriber]
+    with pytest.raises(SubscriberOverflow):
+        await subscriber.get()
+    subscriber.close()
+    assert forgotten == [subscriber]  # forgotten once
+
+
 # The live codec
 
 
@@ -572,3 +630,40 @@ def test_the_live_codec_leaves_out_fields_that_are_not_set() -> None:
         "occurred_at",
         "raw",
     }
+
+
+# Delivery attempts
+
+DELIVERIES = (
+    "subscription($w: ID) { deliveries(webhookId: $w) { webhookId number statusCode error } }"
+)
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+async def test_delivery_attempts_of_one_webhook_are_streamed_as_they_are_logged(
+    gateway: Gateway, account: CreatedAccount, receiver: Receiver, protocol: Subprotocol
+) -> None:
+    failing = receiver.endpoint(lambda _r: Response("no", status_code=500))
+    async with gateway.client(account.api_key) as api:
+        webhook, _ = await create_webhook(api, url=failing.url, events=["DELIVERED"])
+        await create_webhook(api, url=receiver.endpoint().url, events=["DELIVERED"])
+    other = await gateway.new_account()
+    async with (
+        connected(gateway, account.api_key, protocol) as ws,
+        connected(gateway, other.api_key, protocol) as stranger,
+    ):
+        await start(ws, "1", DELIVERIES, w=webhook["id"])
+        await start(stranger, "1", DELIVERIES)
+        await subscribed(gateway, account)
+        await subscribed(gateway, other)
+        await ingest(gateway, account, brevo())
+        attempts = []
+        for _ in range(3):  # the first call and two retries
+            message = await receive(ws)
+            assert message["type"] in {"next", "data"}, message
+            attempts.append(message["payload"]["data"]["deliveries"])
+        assert [a["number"] for a in attempts] == [1, 2, 3]
+        assert {a["webhookId"] for a in attempts} == {webhook["id"]}
+        assert all(a["statusCode"] == 500 and "500" in a["error"] for a in attempts)
+        assert await quiet(ws)  # nothing of the other web hook
+        assert await quiet(stranger)  # nothing of another account

@@ -35,6 +35,9 @@ EVENTS: Kind[StoredEvent] = Kind("events", decode_event)
 # An event committed after a subscription started had its id made at most this long
 # before (ids are made just before the transaction; no transaction runs a minute).
 _OVERLAP_MS = 60_000
+# Events per Redis message: a 2,000-event batch of large payloads in one message could
+# pass Redis's output buffer limit for subscribers (32 MB by default).
+_MESSAGE_MAX = 500
 
 
 class LiveEvents:
@@ -53,7 +56,9 @@ class LiveEvents:
         for event in stored:
             by_account[event.account_id].append(event)
         for account_id, events in by_account.items():
-            self._hub.publish_many(account_id, EVENTS, [encode_event(event) for event in events])
+            for start in range(0, len(events), _MESSAGE_MAX):
+                chunk = events[start : start + _MESSAGE_MAX]
+                self._hub.publish_many(account_id, EVENTS, [encode_event(event) for event in chunk])
 
     async def stream(
         self, account_id: int, where: EventFilter, *, after_id: int | None = None
@@ -64,9 +69,13 @@ class LiveEvents:
         Raises SubscriberOverflow when the consumer falls too far behind, and
         LiveUnavailable when Redis cannot be listened to.
         """
-        async with self._hub.subscribe(
-            account_id, EVENTS, accept=lambda stored: where.matches(stored.event)
-        ) as live:
+
+        def accept(stored: StoredEvent) -> bool:
+            # The channel is the account's already; checked again because a tenant's
+            # events reaching another would be the one unforgivable bug here.
+            return stored.account_id == account_id and where.matches(stored.event)
+
+        async with self._hub.subscribe(account_id, EVENTS, accept=accept) as live:
             started_ms = int(time.time() * 1000)
             cursor = after_id
             sent_by_catch_up: set[int] = set()

@@ -51,7 +51,8 @@ class Subscriber(Generic[T]):
         self._accept = accept
         self._on_close = on_close
         self._items: deque[T | Gap] = deque()
-        self._ready = asyncio.Event()
+        # A bare future rather than an asyncio.Event: this is paid per subscriber per event.
+        self._waiter: asyncio.Future[None] | None = None
         self._overflowed = False
         self._closed = False
         self._detached = False
@@ -68,22 +69,29 @@ class Subscriber(Generic[T]):
             self._items.clear()  # free the memory now, not when the consumer wakes
             self._detach()
         if len(self._items) != before or self._overflowed:
-            self._ready.set()
+            self._wake()
 
     def signal_gap(self) -> None:
         """Tell the consumer that items may have been missed."""
         if not self._overflowed and not self._closed:
             self._items.append(GAP)
-            self._ready.set()
+            self._wake()
 
     async def get(self) -> T | Gap:
         """The next item, or GAP; raises SubscriberOverflow once the queue overflowed."""
         while not self._items:
             if self._overflowed:
                 raise SubscriberOverflow(self._max_queue)
-            self._ready.clear()
-            await self._ready.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         return self._items.popleft()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def close(self) -> None:
         """Stop receiving; the hub forgets this subscriber."""

@@ -65,7 +65,7 @@ def _offer_sink(context: Context, message: dict[str, Any]) -> None:
     """Let the operation starting in this task write its results directly (see
     gateway.api.graphql.subscriptions): ``message`` is its protocol's result message."""
     if isinstance(context, WebSocketContext) and context.websocket is not None:
-        LIVE_SINK.set(LiveSink.for_message(context.websocket, {**message, "payload": None}))
+        LIVE_SINK.set(LiveSink.for_message(context.websocket, message))
 
 
 def _authorization(params: dict[str, object] | None) -> str | None:

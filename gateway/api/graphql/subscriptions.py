@@ -43,8 +43,11 @@ from strawberry.types import Info
 
 from gateway.api.graphql.context import Context, authorized, object_id
 from gateway.api.graphql.types import Event, EventFilter, event_view
+from gateway.api.graphql.webhooks import DeliveryAttempt
 from gateway.domain.query import StoredEvent
-from gateway.live import LiveUnavailable, SubscriberOverflow
+from gateway.domain.webhooks import AttemptRecord
+from gateway.live import GAP, LiveUnavailable, SubscriberOverflow
+from gateway.live.attempts import ATTEMPTS
 
 
 @dataclass(slots=True)
@@ -68,11 +71,12 @@ class SharedViews:
     """One GraphQL view per event object, and its results per operation.
 
     Entries hold their objects, so an id in here always names the object it was made
-    for; the oldest go once there are ``size``: an event is served to all of its local
-    subscribers within moments, and one that is later than that is executed again.
+    for; the oldest go once there are ``size`` (what they hold is bounded by that many
+    events): an event is served to all of its local subscribers within moments, and one
+    that is later than that is executed again.
     """
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 512) -> None:
         self._size = size
         self._by_event: dict[int, _Shared] = {}
         self._by_view: dict[int, _Shared] = {}
@@ -164,13 +168,13 @@ class SharedExecution(StrawberryGraphQLCoreExecutionContext):
         results = SHARED_VIEWS.results_for(view)
         if results is None:
             return None
-        found = results.get(self._group_key())
+        group = self._group_key()
+        found = results.get(group)
         if found is None or found.operation is not self.operation:
             result = self.build_per_event_executor(view).execute_operation(False)
             if not isinstance(result, ExecutionResult):
                 result = await result
-            found = _Result(self.operation, result)
-            results[self._group_key()] = found
+            found = results[group] = _Result(self.operation, result)
         if found.result.errors:
             return None
         if found.text is None:
@@ -188,7 +192,8 @@ class LiveSink:
 
     @classmethod
     def for_message(cls, websocket: WebSocket, message: dict[str, Any]) -> LiveSink:
-        """``message`` is a result message of the protocol with a ``None`` payload."""
+        """``message`` is the protocol's result message for the operation, without its
+        payload (e.g. ``{"id": "1", "type": "next"}``)."""
         text = orjson.dumps({**message, "payload": None}).decode()
         return cls(websocket, text.removesuffix("null}"))
 
@@ -251,5 +256,37 @@ class Subscription:
                     last_id = stored.id
         except SubscriberOverflow as overflow:
             raise _overflow_error(overflow, last_id) from None
+        except LiveUnavailable as unavailable:
+            raise GraphQLError(str(unavailable), extensions={"code": "UNAVAILABLE"}) from None
+
+    @strawberry.subscription(
+        description="Each call made to the caller's web hooks (or to `webhookId` only) "
+        "as it is logged. Live only: the log itself is `webhook(id) { deliveries }`."
+    )
+    async def deliveries(
+        self, info: Info[Context, None], webhook_id: strawberry.ID | None = None
+    ) -> AsyncGenerator[DeliveryAttempt, None]:
+        context = authorized(info)
+        wanted = None if webhook_id is None else object_id(webhook_id, "webhookId")
+
+        def accept(attempt: AttemptRecord) -> bool:
+            return wanted is None or attempt.webhook_id == wanted
+
+        try:
+            async with context.services.live.subscribe(
+                context.account_id, ATTEMPTS, accept=accept
+            ) as subscriber:
+                while True:
+                    item = await subscriber.get()
+                    if item is GAP:
+                        continue  # attempts missed while Redis was away are in the log
+                    assert isinstance(item, AttemptRecord)
+                    yield DeliveryAttempt.from_record(item)
+        except SubscriberOverflow as overflow:
+            raise GraphQLError(
+                f"this subscription fell more than {overflow.max_queue} attempts behind "
+                "and was ended",
+                extensions={"code": "SUBSCRIBER_OVERFLOW"},
+            ) from None
         except LiveUnavailable as unavailable:
             raise GraphQLError(str(unavailable), extensions={"code": "UNAVAILABLE"}) from None
