@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -25,6 +26,48 @@ import bench_events
 import uvloop
 
 
+def _process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+class CpuMeter:
+    """CPU used during the window: by the server process, and by the whole machine
+    (the load generator, the database and whatever else runs on this shared box)."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self.result: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._wall = time.perf_counter()
+        self._machine = _machine_ticks()
+        self._self = time.process_time()
+        self._server = _process_cpu_seconds(self.server_pid) if self.server_pid else 0.0
+
+    def stop(self) -> None:
+        wall = time.perf_counter() - self._wall
+        busy, total = _machine_ticks()
+        cpus = os.cpu_count() or 1
+        self.result = {
+            "machine_busy_cpus": (busy - self._machine[0])
+            / max(total - self._machine[1], 1)
+            * cpus,
+            "load_generator_cpus": (time.process_time() - self._self) / wall,
+        }
+        if self.server_pid:
+            self.result["server_cpus"] = (
+                _process_cpu_seconds(self.server_pid) - self._server
+            ) / wall
+
+
 async def _generate(
     url: str,
     bodies: list[bytes],
@@ -33,6 +76,7 @@ async def _generate(
     connections: int,
     warmup: float,
     duration: float,
+    meter: CpuMeter,
 ) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=connections, force_close=False, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -45,6 +89,14 @@ async def _generate(
         begin = time.perf_counter()
         window_start = begin + warmup
         window_end = window_start + duration
+
+        async def measure_cpu() -> None:
+            await asyncio.sleep(window_start - time.perf_counter())
+            meter.start()
+            await asyncio.sleep(window_end - time.perf_counter())
+            meter.stop()
+
+        cpu_task = asyncio.create_task(measure_cpu())
 
         async def worker() -> None:
             nonlocal next_body
@@ -77,6 +129,7 @@ async def _generate(
                 counted["stored"] += int(json.loads(answer).get("stored", 0))
 
         await asyncio.gather(*(worker() for _ in range(connections)))
+        await cpu_task
     latencies.sort()
 
     def quantile(q: float) -> float:
@@ -91,6 +144,7 @@ async def _generate(
         "latency_p99_ms": quantile(0.99) * 1000,
         "bodies_used": next_body,
         "problems": problems,
+        "cpu": meter.result,
     }
 
 
@@ -103,6 +157,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--max-events", type=int, required=True, help="bodies to prepare")
+    parser.add_argument("--server-pid", type=int, help="the server's process, for its CPU use")
     args = parser.parse_args()
     if args.batch == 1:
         bodies = [
@@ -121,6 +176,7 @@ def main() -> None:
             connections=args.connections,
             warmup=args.warmup,
             duration=args.duration,
+            meter=CpuMeter(args.server_pid),
         )
     )
     result["body_bytes_mean"] = sum(len(body) for body in bodies[:1000]) / min(len(bodies), 1000)
@@ -136,6 +192,7 @@ def run_load(
     connections: int = 32,
     warmup: float = 3.0,
     duration: float = 10.0,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Run the generator in a process of its own; its JSON result."""
     command = [
@@ -149,6 +206,8 @@ def run_load(
         f"--duration={duration}",
         f"--max-events={max_events}",
     ]
+    if server_pid is not None:
+        command.append(f"--server-pid={server_pid}")
     done = subprocess.run(
         command, capture_output=True, check=False, timeout=600 + warmup + duration
     )

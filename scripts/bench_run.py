@@ -113,6 +113,7 @@ async def bench_backend(backend: str, plan: Plan, redis_url: str, work_dir: Path
                 f"{bare.base_url}/ingest/brevo/{token}",
                 first=numbers.take(single_budget),
                 max_events=single_budget,
+                server_pid=bare.pid,
                 **window,
             )
             log(f"{backend}: (a) gateway single-event ingest, 32 connections")
@@ -120,6 +121,7 @@ async def bench_backend(backend: str, plan: Plan, redis_url: str, work_dir: Path
                 f"{gateway.base_url}/ingest/brevo/{token}",
                 first=numbers.take(single_budget),
                 max_events=single_budget,
+                server_pid=gateway.pid,
                 **window,
             )
 
@@ -143,6 +145,7 @@ async def bench_backend(backend: str, plan: Plan, redis_url: str, work_dir: Path
                 max_events=batch_budget,
                 batch=500,
                 connections=plan.batch_connections,
+                server_pid=gateway.pid,
                 **window,
             )
 
@@ -202,6 +205,7 @@ async def bench_backend(backend: str, plan: Plan, redis_url: str, work_dir: Path
                 max_events=batch_budget,
                 batch=500,
                 connections=plan.batch_connections,
+                server_pid=gateway.pid,
                 **window,
             )
             results["stored_at_end"] = await bench_store.count_events(store)
@@ -285,6 +289,27 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def cpu_note(results: dict[str, Any]) -> str:
+    """CPU in each load window: this box is shared, so say who had the processors."""
+    parts = []
+    for key, label in (
+        ("single_bare", "(a) bare"),
+        ("single_gateway", "(a) gateway"),
+        ("batch_empty_gateway", "(b) empty"),
+        ("batch_full_gateway", "(b) full"),
+    ):
+        cpu = results[key].get("cpu", {})
+        if cpu:
+            parts.append(
+                f"{label} {cpu.get('server_cpus', 0):.2f}/{cpu['load_generator_cpus']:.2f}"
+                f"/{cpu['machine_busy_cpus']:.2f}"
+            )
+    return (
+        f"CPUs busy in the load windows (server/load generator/whole machine, of "
+        f"{os.cpu_count()}): " + ", ".join(parts)
+    )
+
+
 def print_table(all_results: list[dict[str, Any]]) -> None:
     columns = ("figure", "value", "ceiling", "ratio", "target", "mark")
     for results in all_results:
@@ -300,6 +325,7 @@ def print_table(all_results: list[dict[str, Any]]) -> None:
         print("  ".join("-" * widths[c] for c in columns))
         for row in rows:
             print("  ".join(row[c].ljust(widths[c]) for c in columns))
+        print(cpu_note(results))
 
 
 def main() -> int:
