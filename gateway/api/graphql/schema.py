@@ -7,6 +7,7 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     MaskErrors,
     MaxAliasesLimiter,
     MaxTokensLimiter,
@@ -121,15 +122,17 @@ def _should_mask(error: GraphQLError) -> bool:
 def build_schema(settings: Settings | None = None, **extra: Any) -> strawberry.Schema:
     """The schema with its limits; ``extra`` adds subscription types when present."""
     settings = settings or Settings()
-    # Factories, so every request gets fresh extension state.
-    depth, aliases, tokens = (
-        settings.max_query_depth,
-        settings.max_aliases,
-        settings.max_query_tokens,
-    )
+    # Factories, so every request gets fresh extension state. The depth and alias
+    # limiters each make a new validation rule class when built, and the rules are part
+    # of ValidationCache's key: built per request, the cache never hit. So their rules
+    # are made once here and handed to a fresh AddValidationRules per request.
+    limits = [
+        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+    ]
+    tokens = settings.max_query_tokens
     extensions: list[Any] = [
-        lambda: QueryDepthLimiter(max_depth=depth),
-        lambda: MaxAliasesLimiter(max_alias_count=aliases),
+        lambda: AddValidationRules(limits),
         lambda: MaxTokensLimiter(max_token_count=tokens),
         # Without these every request is parsed and validated again (5x on small ones);
         # their LRU caches live at module level, shared by every request.
