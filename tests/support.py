@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from gateway.services.accounts import CreatedAccount
+    from tests.conftest import Gateway
 
 
 async def gql(client: httpx.AsyncClient, query: str, **variables: Any) -> dict[str, Any]:
@@ -51,3 +55,17 @@ def brevo_event(**fields: Any) -> dict[str, Any]:
 
 def body(payload: Any) -> bytes:
     return json.dumps(payload).encode()
+
+
+async def ingest_brevo(
+    gateway: Gateway, account: CreatedAccount, *events: dict[str, Any]
+) -> list[str]:
+    """Post Brevo events to the account's ingest URL; returns the ids stored."""
+    async with gateway.client() as client:
+        response = await client.post(
+            f"/ingest/brevo/{account.ingest_tokens['brevo']}",
+            content=body(list(events)),
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 200, response.text
+    return [str(stored_id) for stored_id in response.json()["ids"]]

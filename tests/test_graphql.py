@@ -13,21 +13,9 @@ import pytest
 
 from gateway.services.accounts import CreatedAccount
 from tests.conftest import Gateway
-from tests.support import body, brevo_event, gql, gql_errors
+from tests.support import brevo_event, gql, gql_errors, ingest_brevo
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def ingest_brevo(
-    gateway: Gateway, account: CreatedAccount, events: list[dict[str, Any]]
-) -> None:
-    async with gateway.client() as client:
-        response = await client.post(
-            f"/ingest/brevo/{account.ingest_tokens['brevo']}",
-            content=body(events),
-            headers={"content-type": "application/json"},
-        )
-    assert response.status_code == 200, response.text
 
 
 async def found(
@@ -48,7 +36,7 @@ async def traffic(gateway: Gateway, account: CreatedAccount) -> None:
     await ingest_brevo(
         gateway,
         account,
-        [
+        *[
             brevo_event(
                 event="request",
                 email="Ann@Example.com",
@@ -118,7 +106,7 @@ async def test_pages_follow_cursors_without_gaps_or_repeats(
     gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient
 ) -> None:
     await ingest_brevo(
-        gateway, account, [brevo_event(email=f"p{i}@example.com") for i in range(25)]
+        gateway, account, *[brevo_event(email=f"p{i}@example.com") for i in range(25)]
     )
     seen: list[str] = []
     after = None
@@ -139,8 +127,8 @@ async def test_pages_follow_cursors_without_gaps_or_repeats(
 async def test_message_state_is_not_undone_by_a_late_request(
     gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient
 ) -> None:
-    await ingest_brevo(gateway, account, [brevo_event(event="delivered", ts_event=1763600100)])
-    await ingest_brevo(gateway, account, [brevo_event(event="request", ts_event=1763600000)])
+    await ingest_brevo(gateway, account, brevo_event(event="delivered", ts_event=1763600100))
+    await ingest_brevo(gateway, account, brevo_event(event="request", ts_event=1763600000))
     data = await gql(
         api,
         'query { message(messageId: "<201798300811.5787683@relay.example.com>") '

@@ -31,7 +31,7 @@ from gateway.settings import async_database_url
 from gateway.storage.db import make_engine, migrate
 from tests.conftest import Gateway, serve, settings_for
 from tests.receiver import Receiver
-from tests.support import body, brevo_event
+from tests.support import brevo_event, ingest_brevo
 from tests.test_webhooks import create_webhook
 
 TRANSPORT_WS = Subprotocol("graphql-transport-ws")
@@ -116,18 +116,6 @@ async def subscribed(gateway: Gateway, account: CreatedAccount, count: int = 1) 
         await asyncio.sleep(0.01)
 
 
-async def ingest(gateway: Gateway, account: CreatedAccount, *events: dict[str, Any]) -> list[str]:
-    """Post Brevo events; returns the ids stored."""
-    async with gateway.client() as client:
-        response = await client.post(
-            f"/ingest/brevo/{account.ingest_tokens['brevo']}",
-            content=body(list(events)),
-            headers={"content-type": "application/json"},
-        )
-    assert response.status_code == 200, response.text
-    return [str(stored_id) for stored_id in response.json()["ids"]]
-
-
 def brevo(event: str = "delivered", **fields: Any) -> dict[str, Any]:
     """A Brevo event unlike every other one (so never a duplicate)."""
     return brevo_event(event=event, id=next(_unique), **fields)
@@ -143,7 +131,7 @@ async def test_subscriber_receives_each_event_stored_after_it_subscribed(
     async with connected(gateway, account.api_key, protocol) as ws:
         await start(ws, "1")
         await subscribed(gateway, account)
-        ids = await ingest(gateway, account, brevo("hard_bounce"), brevo("delivered"))
+        ids = await ingest_brevo(gateway, account, brevo("hard_bounce"), brevo("delivered"))
         first, second = await next_event(ws), await next_event(ws)
     assert [first["id"], second["id"]] == ids
     assert first["type"] == "BOUNCED" and first["severity"] == "PERMANENT"
@@ -161,14 +149,14 @@ async def test_completing_a_subscription_stops_it(
         while gateway.services.live.subscriber_count(account.account_id):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
-        await ingest(gateway, account, brevo())
+        await ingest_brevo(gateway, account, brevo())
         assert await quiet(ws)
 
 
 async def test_queries_also_run_over_the_websocket(
     gateway: Gateway, account: CreatedAccount
 ) -> None:
-    [stored_id] = await ingest(gateway, account, brevo())
+    [stored_id] = await ingest_brevo(gateway, account, brevo())
     async with connected(gateway, account.api_key) as ws:
         await start(ws, "q", "{ events(first: 1) { edges { node { id } } } }")
         message = await receive(ws)
@@ -232,7 +220,7 @@ async def test_legacy_graphql_ws_refuses_start_without_connection_init(
         await start(ws, "1")
         with pytest.raises(ConnectionClosed):
             await receive(ws)
-        await ingest(gateway, account, brevo())
+        await ingest_brevo(gateway, account, brevo())
     assert ws.close_code == 4401
     assert gateway.services.live.subscriber_count(account.account_id) == 0
 
@@ -244,7 +232,7 @@ async def test_capitalized_authorization_is_accepted_as_graphiql_sends_it(
     async with connected(gateway, account.api_key, protocol, key_name="Authorization") as ws:
         await start(ws, "1")
         await subscribed(gateway, account)
-        ids = await ingest(gateway, account, brevo())
+        ids = await ingest_brevo(gateway, account, brevo())
         assert (await next_event(ws))["id"] == ids[0]
 
 
@@ -258,8 +246,8 @@ async def test_subscriber_sees_only_its_own_accounts_events(
     async with connected(gateway, account.api_key) as ws:
         await start(ws, "1")
         await subscribed(gateway, account)
-        await ingest(gateway, other, brevo())
-        mine = await ingest(gateway, account, brevo())
+        await ingest_brevo(gateway, other, brevo())
+        mine = await ingest_brevo(gateway, account, brevo())
         assert (await next_event(ws))["id"] == mine[0]
         assert await quiet(ws)
 
@@ -271,7 +259,7 @@ async def test_where_filters_live_events_as_it_filters_queries(
     async with connected(gateway, account.api_key) as ws:
         await start(ws, "1", where=where)
         await subscribed(gateway, account)
-        ids = await ingest(
+        ids = await ingest_brevo(
             gateway,
             account,
             brevo("delivered", email="ann@example.com"),
@@ -289,8 +277,8 @@ async def test_a_deduplicated_retry_is_not_sent_again(
     async with connected(gateway, account.api_key) as ws:
         await start(ws, "1")
         await subscribed(gateway, account)
-        first = await ingest(gateway, account, event)
-        assert await ingest(gateway, account, event) == []
+        first = await ingest_brevo(gateway, account, event)
+        assert await ingest_brevo(gateway, account, event) == []
         assert (await next_event(ws))["id"] == first[0]
         assert await quiet(ws)
 
@@ -306,7 +294,7 @@ async def test_two_subscriptions_with_the_same_selection_both_receive_every_even
         await start(two, "b")
         await start(two, "c", "subscription { events { id email } }")
         await subscribed(gateway, account, 3)
-        ids = await ingest(gateway, account, brevo(), brevo())
+        ids = await ingest_brevo(gateway, account, brevo(), brevo())
         assert [(await next_event(one))["id"] for _ in ids] == ids
         received: dict[str, list[dict[str, Any]]] = {"b": [], "c": []}
         for _ in range(4):
@@ -368,7 +356,7 @@ async def test_a_subscriber_that_falls_behind_is_told_and_cut_off(tuned: Gateway
         await start(ws, "1")
         await subscribed(tuned, account)
         # One batch of more events than the queue holds arrives at once.
-        await ingest(tuned, account, *(brevo() for _ in range(6)))
+        await ingest_brevo(tuned, account, *(brevo() for _ in range(6)))
         told = await receive(ws)
         assert told["type"] == "next"
         [error] = told["payload"]["errors"]
@@ -396,7 +384,7 @@ async def test_a_stuck_subscriber_neither_slows_ingest_nor_grows_memory(tuned: G
         ws.transport.pause_reading()
         began = time.monotonic()
         for _ in range(300):
-            await ingest(tuned, account, brevo(**padding))
+            await ingest_brevo(tuned, account, brevo(**padding))
             if not tuned.services.live.subscriber_count(account.account_id):
                 break
         assert tuned.services.live.subscriber_count(account.account_id) == 0
@@ -410,22 +398,22 @@ async def test_resuming_with_after_sends_what_was_missed_then_live_events_once(
     async with connected(gateway, account.api_key) as ws:
         await start(ws, "1")
         await subscribed(gateway, account)
-        [seen] = await ingest(gateway, account, brevo())
+        [seen] = await ingest_brevo(gateway, account, brevo())
         assert (await next_event(ws))["id"] == seen
-    missed = await ingest(gateway, account, brevo(), brevo("hard_bounce"))
+    missed = await ingest_brevo(gateway, account, brevo(), brevo("hard_bounce"))
     async with connected(gateway, account.api_key, LEGACY_WS) as ws:
         await start(ws, "1", after=seen)
         assert [(await next_event(ws))["id"] for _ in missed] == missed
         await subscribed(gateway, account)
-        live = await ingest(gateway, account, brevo())
+        live = await ingest_brevo(gateway, account, brevo())
         assert (await next_event(ws))["id"] == live[0]
         assert await quiet(ws)
 
 
 async def test_resume_catches_up_across_pages(gateway: Gateway, account: CreatedAccount) -> None:
-    [first] = await ingest(gateway, account, brevo())
+    [first] = await ingest_brevo(gateway, account, brevo())
     page = gateway.settings.max_page_size
-    missed = await ingest(gateway, account, *(brevo() for _ in range(page + 3)))
+    missed = await ingest_brevo(gateway, account, *(brevo() for _ in range(page + 3)))
     async with connected(gateway, account.api_key) as ws:
         await start(
             ws, "1", "subscription($after: ID) { events(after: $after) { id } }", after=first
@@ -435,8 +423,8 @@ async def test_resume_catches_up_across_pages(gateway: Gateway, account: Created
 
 
 async def test_resume_honours_where(gateway: Gateway, account: CreatedAccount) -> None:
-    [first] = await ingest(gateway, account, brevo())
-    ids = await ingest(gateway, account, brevo("delivered"), brevo("hard_bounce"))
+    [first] = await ingest_brevo(gateway, account, brevo())
+    ids = await ingest_brevo(gateway, account, brevo("delivered"), brevo("hard_bounce"))
     async with connected(gateway, account.api_key) as ws:
         await start(ws, "1", after=first, where={"types": ["BOUNCED"]})
         assert (await next_event(ws))["id"] == ids[1]
@@ -451,14 +439,14 @@ async def test_events_lost_while_redis_was_away_are_read_from_the_store(
     async with connected(gateway, account.api_key) as ws:
         await start(ws, "1")
         await subscribed(gateway, account)
-        [before] = await ingest(gateway, account, brevo())
+        [before] = await ingest_brevo(gateway, account, brevo())
         assert (await next_event(ws))["id"] == before
         client = redis.asyncio.Redis.from_url(redis_url)
         try:
             await client.client_kill_filter(_type="pubsub")
         finally:
             await client.aclose()
-        during = await ingest(gateway, account, brevo(), brevo())
+        during = await ingest_brevo(gateway, account, brevo(), brevo())
         assert [(await next_event(ws))["id"] for _ in during] == during
         assert await quiet(ws)
 
@@ -502,7 +490,7 @@ async def test_an_event_ingested_on_one_replica_reaches_subscribers_on_the_other
         await start(here, "1")
         await subscribed(serving, account)
         await subscribed(ingesting, account)
-        ids = await ingest(ingesting, account, brevo(), brevo("hard_bounce"))
+        ids = await ingest_brevo(ingesting, account, brevo(), brevo("hard_bounce"))
         assert [(await next_event(there))["id"] for _ in ids] == ids
         assert [(await next_event(here))["id"] for _ in ids] == ids
 
@@ -513,14 +501,14 @@ async def test_resume_on_another_replica(replicas: tuple[Gateway, Gateway]) -> N
     async with connected(first, account.api_key) as ws:
         await start(ws, "1")
         await subscribed(first, account)
-        [seen] = await ingest(first, account, brevo())
+        [seen] = await ingest_brevo(first, account, brevo())
         assert (await next_event(ws))["id"] == seen
-    missed = await ingest(first, account, brevo())
+    missed = await ingest_brevo(first, account, brevo())
     async with connected(second, account.api_key) as ws:
         await start(ws, "1", after=seen)
         assert (await next_event(ws))["id"] == missed[0]
         await subscribed(second, account)
-        live = await ingest(first, account, brevo())
+        live = await ingest_brevo(first, account, brevo())
         assert (await next_event(ws))["id"] == live[0]
 
 
@@ -544,7 +532,7 @@ async def test_subscribers_with_the_same_selection_share_one_execution_per_event
             await start(ws, "same")
         await start(two, "other", other_selection)
         await subscribed(gateway, account, 3)
-        await ingest(gateway, account, brevo())
+        await ingest_brevo(gateway, account, brevo())
         await next_event(one)
         assert {(await receive(two))["id"] for _ in range(2)} == {"same", "other"}
     assert executed == ["SendingEvent", "SendingEvent"]  # one per selection
@@ -656,7 +644,7 @@ async def test_delivery_attempts_of_one_webhook_are_streamed_as_they_are_logged(
         await start(stranger, "1", DELIVERIES)
         await subscribed(gateway, account)
         await subscribed(gateway, other)
-        await ingest(gateway, account, brevo())
+        await ingest_brevo(gateway, account, brevo())
         attempts = []
         for _ in range(3):  # the first call and two retries
             message = await receive(ws)

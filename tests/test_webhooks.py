@@ -24,7 +24,7 @@ from gateway.settings import Settings
 from gateway.storage import webhooks as webhook_store
 from tests.conftest import Gateway
 from tests.receiver import Received, Receiver
-from tests.support import body, brevo_event, gql, gql_errors
+from tests.support import brevo_event, gql, gql_errors, ingest_brevo
 
 CREATE = """
 mutation($i: WebhookInput!) {
@@ -65,20 +65,6 @@ async def settled(
         if time.monotonic() > deadline:
             raise AssertionError(f"{len(done)} of {count} settled: {[d['status'] for d in found]}")
         await asyncio.sleep(0.1)
-
-
-async def ingest_brevo(
-    gateway: Gateway, account: CreatedAccount, *events: dict[str, Any]
-) -> list[str]:
-    async with gateway.client() as client:
-        response = await client.post(
-            f"/ingest/brevo/{account.ingest_tokens['brevo']}",
-            content=body(list(events)),
-            headers={"content-type": "application/json"},
-        )
-    assert response.status_code == 200, response.text
-    ids: list[str] = response.json()["ids"]
-    return ids
 
 
 def verify_signature(secret: str, received: Received) -> bool:
