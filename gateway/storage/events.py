@@ -11,7 +11,6 @@ from typing import Any, cast
 import aiosqlite
 import orjson
 from sqlalchemy import Select, exists, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,13 +34,6 @@ _DETAIL_ENUMS: dict[str, type[enum.Enum]] = {
     "severity": Severity,
     "reject_reason": RejectReason,
 }
-
-
-def _insert(connection: AsyncConnection, table: Any) -> Any:
-    """INSERT with ON CONFLICT support for the connection's dialect."""
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
 
 
 def _row_values(

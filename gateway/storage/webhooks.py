@@ -21,7 +21,7 @@ from gateway.domain.webhooks import (
     WebhookConfig,
     WebhookFormat,
 )
-from gateway.storage.events import _insert
+from gateway.storage.db import dialect_insert
 from gateway.storage.models import Delivery, DeliveryAttemptRow, Webhook
 
 webhooks_table = Webhook.__table__  # type: ignore[attr-defined]
@@ -135,7 +135,7 @@ async def insert_deliveries(
     if not rows:
         return []
     statement = (
-        _insert(connection, deliveries_table)
+        dialect_insert(connection, deliveries_table)
         .on_conflict_do_nothing(index_elements=["webhook_id", "event_id"])
         .returning(deliveries_table.c.id)
     )
