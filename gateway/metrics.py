@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 
+# Declared up front, so that a scraper sees every counter from the start, at zero.
+KNOWN: dict[str, str] = {
+    "gateway_ingest_events_total": "Events stored",
+    "gateway_ingest_duplicates_total": "Events already stored (provider retries)",
+    "gateway_ingest_rejected_total": "Ingest requests refused",
+}
+
 
 class Metrics:
     def __init__(self) -> None:
         self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
-        self._help: dict[str, str] = {}
+        self._help: dict[str, str] = dict(KNOWN)
 
     def inc(self, name: str, amount: int = 1, help: str = "", **labels: str) -> None:
         self._counters[(name, tuple(sorted(labels.items())))] += amount
@@ -20,7 +27,7 @@ class Metrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for name in sorted({name for name, _ in self._counters}):
+        for name in sorted({name for name, _ in self._counters} | set(self._help)):
             lines.append(f"# HELP {name} {self._help.get(name, name)}")
             lines.append(f"# TYPE {name} counter")
             for (counter, labels), value in sorted(self._counters.items()):

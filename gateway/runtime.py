@@ -14,7 +14,6 @@ import httpx
 from arq.connections import RedisSettings, create_pool
 from httpx_aiohttp import AiohttpTransport
 from redis.asyncio import Redis
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.delivery.sender import DeliverySender
@@ -28,7 +27,7 @@ from gateway.services.events import EventQueries
 from gateway.services.ingest import IngestWriter, RejectedPayloads
 from gateway.services.webhooks import DeliveryQueue, WebhookService
 from gateway.settings import Settings
-from gateway.storage.db import make_engine, migrate
+from gateway.storage.db import make_engine, migrate, ping
 
 NODE_SEQUENCE_KEY = "gateway:node-sequence"
 
@@ -56,8 +55,7 @@ class Services:
         """The state of each dependency: "ok" or what went wrong."""
         state: dict[str, str] = {}
         try:
-            async with self.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
+            await ping(self.engine)
             state["database"] = "ok"
         except Exception as exc:
             state["database"] = f"unavailable: {type(exc).__name__}"

@@ -11,7 +11,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -78,6 +78,12 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     # which the caller sees (ingest answers 5xx, the provider retries; a delivery's job
     # fails and its lease lapses into a retry).
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Raise unless the database answers."""
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
 
 
 def _upgrade(connection: Connection) -> None:
