@@ -1,4 +1,4 @@
-"""JSON answers for the HTTP routes."""
+"""JSON answers for the HTTP routes, and reading the credentials they are sent."""
 
 from __future__ import annotations
 
@@ -18,3 +18,11 @@ class JSON(Response):
 def error(status: int, message: str, **extra: Any) -> JSON:
     """An error answer: ``{"error": message}``, never a stack trace."""
     return JSON({"error": message, **extra}, status_code=status)
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer <token>`` header, if that is one."""
+    scheme, _, credentials = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return None
+    return credentials.strip()

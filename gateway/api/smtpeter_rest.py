@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.api.responses import JSON, error
+from gateway.api.responses import JSON, bearer_token, error
 from gateway.domain.query import EventFilter
 from gateway.providers import smtpeter
 from gateway.runtime import Services
@@ -80,7 +80,9 @@ async def events(request: Request) -> Response:
     value = request.path_params["value"]
     if kind not in KINDS:
         return error(404, f"unknown event selection {kind!r}: use one of {', '.join(KINDS)}")
-    token = request.query_params.get("access_token") or _bearer(request)
+    token = request.query_params.get("access_token") or bearer_token(
+        request.headers.get("authorization")
+    )
     account_id = await services.accounts.account_for_api_key(token) if token else None
     if account_id is None:
         return error(401, "missing or invalid access_token")
@@ -108,11 +110,6 @@ async def events(request: Request) -> Response:
     )
     found = await services.events.window(account_id, where, limit=services.settings.rest_max_events)
     return JSON([smtpeter.render(stored.event) for stored in found])
-
-
-def _bearer(request: Request) -> str | None:
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    return credentials.strip() or None if scheme.lower() == "bearer" else None
 
 
 routes = [Route("/v1/events/{kind}/{value:path}", events, methods=["GET"])]

@@ -31,17 +31,10 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 
 from gateway.api.graphql.context import Context
 from gateway.api.graphql.subscriptions import LIVE_SINK, LiveSink
-from gateway.api.responses import error
+from gateway.api.responses import bearer_token, error
 from gateway.runtime import Services
 
 UNAUTHORIZED = "missing or invalid API key: send 'Authorization: Bearer <api key>'"
-
-
-def bearer_token(header: str | None) -> str | None:
-    scheme, _, credentials = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        return None
-    return credentials.strip()
 
 
 def _wants_graphiql(request: Request) -> bool:
