@@ -109,6 +109,3 @@ class _GraphQLEndpoint:
         if self.view is None:
             raise RuntimeError("the gateway's lifespan has not started")
         await self.view(scope, receive, send)
-
-
-__all__ = ["Services", "create_app"]

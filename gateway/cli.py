@@ -7,14 +7,15 @@ import asyncio
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from gateway.settings import Settings
 
-
-def _print_account(created: object, *, as_json: bool) -> None:
+if TYPE_CHECKING:
     from gateway.services.accounts import CreatedAccount
 
-    assert isinstance(created, CreatedAccount)
+
+def _print_account(created: CreatedAccount, *, as_json: bool) -> None:
     document = {
         "account": created.name,
         "account_id": str(created.account_id),
@@ -30,7 +31,7 @@ def _print_account(created: object, *, as_json: bool) -> None:
         print(f"  {provider:<10}    /ingest/{provider}/{token}")
 
 
-async def _create_account(settings: Settings, name: str) -> object:
+async def _create_account(settings: Settings, name: str) -> CreatedAccount:
     from gateway.ids import IdGenerator
     from gateway.services.accounts import AccountService
     from gateway.storage.db import make_engine, migrate

@@ -126,9 +126,7 @@ async def serve(settings: Settings, backend: str, **app_options: Any) -> AsyncIt
         await task
 
 
-def settings_for(
-    backend: str, tmp: Path, redis_url: str, database_url: str | None, **overrides: Any
-) -> Settings:
+def settings_for(tmp: Path, redis_url: str, database_url: str | None, **overrides: Any) -> Settings:
     """Settings for a test gateway: web hooks may call 127.0.0.1 (the receivers), and
     retries and sweeps come quickly so that tests see them."""
     values: dict[str, Any] = {
@@ -164,7 +162,7 @@ async def gateway(
     # A Redis database per backend: their workers must not take each other's jobs.
     backend_redis = redis_url.rsplit("/", 1)[0] + ("/9" if backend == "sqlite" else "/10")
     async with serve(
-        settings_for(backend, tmp, backend_redis, database_url), backend, worker=True
+        settings_for(tmp, backend_redis, database_url), backend, worker=True
     ) as running:
         yield running
 

@@ -329,7 +329,6 @@ async def tuned(
     """Another gateway, on the same kind of database, with the settings a test gives
     with ``@pytest.mark.parametrize("tuned", [{...}], indirect=True)``."""
     settings = settings_for(
-        gateway.backend,
         tmp_path,
         gateway.settings.redis_url or redis_url,
         gateway.settings.database_url,
@@ -471,8 +470,8 @@ async def replicas(
     await migrate(engine)
     await engine.dispose()
     async with (
-        serve(settings_for("postgres", tmp_path / "a", redis_url, postgres_url), "postgres") as a,
-        serve(settings_for("postgres", tmp_path / "b", redis_url, postgres_url), "postgres") as b,
+        serve(settings_for(tmp_path / "a", redis_url, postgres_url), "postgres") as a,
+        serve(settings_for(tmp_path / "b", redis_url, postgres_url), "postgres") as b,
     ):
         yield a, b
 

@@ -42,9 +42,7 @@ async def front(
     engine = make_engine(async_database_url(postgres_url))
     await migrate(engine)
     await engine.dispose()
-    settings = settings_for(
-        "postgres", tmp_path_factory.mktemp("front"), worker_redis, postgres_url
-    )
+    settings = settings_for(tmp_path_factory.mktemp("front"), worker_redis, postgres_url)
     async with serve(settings, "postgres", worker=False) as running:
         yield running
 

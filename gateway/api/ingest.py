@@ -75,19 +75,12 @@ async def ingest(request: Request) -> Response:
         )
     except PayloadError as problem:
         await _keep(services, request, source, body, problem)
-        services.metrics.inc(
-            "gateway_ingest_rejected_total", help="Ingest requests refused", provider=provider.value
-        )
+        services.metrics.inc("gateway_ingest_rejected_total", provider=provider.value)
         return error(problem.status, problem.message)
     result = await services.writer.write(source.account_id, source.id, parsed)
+    services.metrics.inc("gateway_ingest_events_total", result.stored, provider=provider.value)
     services.metrics.inc(
-        "gateway_ingest_events_total", result.stored, help="Events stored", provider=provider.value
-    )
-    services.metrics.inc(
-        "gateway_ingest_duplicates_total",
-        result.duplicates,
-        help="Events already stored (provider retries)",
-        provider=provider.value,
+        "gateway_ingest_duplicates_total", result.duplicates, provider=provider.value
     )
     return JSON(
         {

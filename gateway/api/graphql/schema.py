@@ -119,8 +119,8 @@ def _should_mask(error: GraphQLError) -> bool:
     return error.original_error is not None and not isinstance(error.original_error, GraphQLError)
 
 
-def build_schema(settings: Settings | None = None, **extra: Any) -> strawberry.Schema:
-    """The schema with its limits; ``extra`` adds subscription types when present."""
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    """The schema with its limits."""
     settings = settings or Settings()
     # Factories, so every request gets fresh extension state. The depth and alias
     # limiters each make a new validation rule class when built, and the rules are part
@@ -148,5 +148,4 @@ def build_schema(settings: Settings | None = None, **extra: Any) -> strawberry.S
         extensions=extensions,
         # Runs a subscription event once for all subscribers with the same selection.
         execution_context_class=SharedExecution,
-        **extra,
     )
