@@ -21,14 +21,26 @@ log = logging.getLogger(__name__)
 
 class Batcher(Generic[T, R]):
     """``await submit(item)`` runs ``item`` through ``run(batch)`` with whatever else
-    is waiting; ``run`` returns one result per item, in order."""
+    is waiting; ``run`` returns one result per item, in order.
+
+    A batch holds up to ``max_batch`` by ``weight`` (1 an item unless given). ``then``,
+    if given, runs after each batch's callers have their results, before the next batch.
+    """
 
     def __init__(
-        self, run: Callable[[list[T]], Awaitable[Sequence[R]]], *, name: str, max_batch: int = 500
+        self,
+        run: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        name: str,
+        max_batch: int = 500,
+        weight: Callable[[T], int] | None = None,
+        then: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._run = run
         self._name = name
         self._max_batch = max_batch
+        self._weight = weight or (lambda _item: 1)
+        self._then = then
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -49,8 +61,10 @@ class Batcher(Generic[T, R]):
     async def _loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
+            total = self._weight(batch[0][0])
+            while total < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+                total += self._weight(batch[-1][0])
             items = [item for item, _ in batch]
             try:
                 results = await self._run(items)
@@ -63,3 +77,5 @@ class Batcher(Generic[T, R]):
             for (_, done), result in zip(batch, results, strict=True):
                 if not done.done():
                     done.set_result(result)
+            if self._then is not None:
+                await self._then()

@@ -134,7 +134,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             live=live,
             live_events=live_events,
         )
-        await writer.start()
         try:
             yield services
         finally:

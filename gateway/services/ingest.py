@@ -8,8 +8,6 @@ event waits for nobody.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +16,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.batching import Batcher
 from gateway.domain.events import NormalizedEvent
 from gateway.domain.query import StoredEvent
 from gateway.ids import IdGenerator
@@ -45,12 +44,11 @@ class IngestResult:
     ids: tuple[int, ...]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Pending:
     account_id: int
     source_id: int | None
     events: Sequence[NormalizedEvent]
-    done: asyncio.Future[IngestResult]
 
 
 class IngestWriter:
@@ -67,11 +65,18 @@ class IngestWriter:
     ) -> None:
         self._engine = engine
         self._ids = ids
-        self._batch_max = batch_max
         self._in_transaction = list(in_transaction)
         self._after_commit = list(after_commit)
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._batcher: Batcher[_Pending, IngestResult] = Batcher(
+            self._write_batch,
+            name="ingest-writer",
+            max_batch=batch_max,
+            weight=lambda pending: len(pending.events),
+            then=self._run_after_commit,
+        )
+        # What the last batch owes once its callers are answered (Batcher runs batches
+        # one at a time, so one slot is enough).
+        self._after: list[AfterCommitAction] = []
 
     def add_hooks(
         self,
@@ -84,16 +89,8 @@ class IngestWriter:
         if after_commit is not None:
             self._after_commit.append(after_commit)
 
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="ingest-writer")
-
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._batcher.close()
 
     async def write(
         self, account_id: int, source_id: int | None, events: Sequence[NormalizedEvent]
@@ -101,41 +98,24 @@ class IngestWriter:
         """Store ``events`` for one account; returns once they are committed."""
         if not events:
             return IngestResult(0, 0, ())
-        if self._task is None:
-            raise RuntimeError("IngestWriter.start() was not called")
-        done: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(account_id, source_id, events, done))
-        return await done
+        return await self._batcher.submit(_Pending(account_id, source_id, events))
 
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            rows = len(batch[0].events)
-            while rows < self._batch_max and not self._queue.empty():
-                pending = self._queue.get_nowait()
-                batch.append(pending)
-                rows += len(pending.events)
+    async def _write_batch(self, batch: list[_Pending]) -> list[IngestResult]:
+        results, stored, actions = await self._commit(batch)
+        if stored:
+            actions += [functools.partial(hook, stored) for hook in self._after_commit]
+        self._after = actions
+        return results
+
+    async def _run_after_commit(self) -> None:
+        actions, self._after = self._after, []
+        for action in actions:
             try:
-                results, stored, actions = await self._commit(batch)
-            except Exception as exc:
-                log.exception("ingest transaction failed for %d requests", len(batch))
-                for pending in batch:
-                    if not pending.done.done():
-                        pending.done.set_exception(exc)
-                continue
-            for pending, result in zip(batch, results, strict=True):
-                if not pending.done.done():
-                    pending.done.set_result(result)
-            if stored:
-                for hook in self._after_commit:
-                    actions.append(functools.partial(hook, stored))
-            for action in actions:
-                try:
-                    await action()
-                except Exception:
-                    # The events are committed; a failed notification must not undo
-                    # that answer. The outbox sweeper picks up undelivered work.
-                    log.exception("after-commit action %r failed", action)
+                await action()
+            except Exception:
+                # The events are committed; a failed notification must not undo
+                # that answer. The outbox sweeper picks up undelivered work.
+                log.exception("after-commit action %r failed", action)
 
     async def _commit(
         self, batch: Sequence[_Pending]
