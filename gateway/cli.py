@@ -101,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    # arq logs two lines per job; every call is in the delivery log already.
+    # arq logs two lines per job and httpx one per request; every call is in the
+    # delivery log already.
     logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
     if args.command == "serve":
         _serve(settings, args)

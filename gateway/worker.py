@@ -12,12 +12,22 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import dataclass
 from typing import Any
 
 from arq import Retry
 from arq.connections import RedisSettings
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
+from gateway.batching import Batcher
 from gateway.runtime import Services, open_services
 from gateway.services.webhooks import BACKFILL_JOB, DELIVER_JOB
 from gateway.settings import Settings
@@ -49,9 +59,133 @@ async def _sweep_forever(services: Services) -> None:
             log.exception("sweep failed; trying again next interval")
 
 
+# arq claims a job with WATCH, EXISTS, ZSCORE and MULTI/PSETEX/EXEC: four round trips,
+# one job after another, in the loop that polls. This does the same check and set for a
+# whole poll's worth of ids in one atomic call. KEYS: the queue; ARGV: now (ms), the
+# in-progress timeout (ms), how many to claim at most, then the ids.
+_CLAIM_JOBS = f"""
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[3])
+local claimed = {{}}
+for i = 4, #ARGV do
+  if #claimed >= 2 * limit then break end
+  local id = ARGV[i]
+  local key = '{in_progress_key_prefix}' .. id
+  if redis.call('EXISTS', key) == 0 then
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if score and tonumber(score) > 0 and tonumber(score) <= now then
+      redis.call('PSETEX', key, ARGV[2], '1')
+      claimed[#claimed + 1] = id
+      claimed[#claimed + 1] = score
+    end
+  end
+end
+return claimed
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    job_id: str
+    finish: bool
+    result_data: bytes | None
+    result_timeout_ms: int | None
+    incr_score: int | None
+    keep_in_progress_ms: int | None
+
+
+class GatewayWorker(Worker):
+    """arq's worker with its per-job Redis round trips batched: jobs are claimed a poll
+    at a time in one atomic script, and finished jobs are cleared in shared MULTI/EXEC
+    transactions. Same keys, same semantics (arq's own tests of two workers hold); at
+    50 concurrent deliveries the four round trips a claim were a fifth of the worker's
+    time here."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._claim_script: Any = None
+        self._finishes: Batcher[_Finish, None] = Batcher(self._finish_batch, name="arq-finish")
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        free = self.max_jobs - self.job_counter
+        # Jobs running here stay at the head of the queue until they finish.
+        candidates = [job_id for raw in job_ids if (job_id := raw.decode()) not in self.tasks]
+        if free <= 0 or not candidates:
+            return
+        if self._claim_script is None:
+            self._claim_script = self.pool.register_script(_CLAIM_JOBS)
+        claimed = await self._claim_script(
+            keys=[self.queue_name],
+            args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, *candidates],
+        )
+        for index in range(0, len(claimed), 2):
+            job_id = claimed[index].decode()
+            await self.sem.acquire()
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, int(float(claimed[index + 1]))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        await self._finishes.submit(
+            _Finish(
+                job_id=job_id,
+                finish=finish,
+                result_data=result_data,
+                result_timeout_ms=None
+                if keep_result_forever or result_timeout_s is None
+                else int(result_timeout_s * 1000),
+                incr_score=incr_score,
+                keep_in_progress_ms=None
+                if keep_in_progress is None
+                else int(keep_in_progress * 1000),
+            )
+        )
+
+    async def _finish_batch(self, batch: list[_Finish]) -> list[None]:
+        """arq's finish_job for many jobs in one transaction."""
+        async with self.pool.pipeline(transaction=True) as tr:
+            for item in batch:
+                in_progress_key = in_progress_key_prefix + item.job_id
+                delete_keys = []
+                if item.keep_in_progress_ms is None:
+                    delete_keys.append(in_progress_key)
+                else:
+                    tr.pexpire(in_progress_key, item.keep_in_progress_ms)
+                if item.finish:
+                    if item.result_data:
+                        tr.set(
+                            result_key_prefix + item.job_id,
+                            item.result_data,
+                            px=item.result_timeout_ms,
+                        )
+                    delete_keys += [retry_key_prefix + item.job_id, job_key_prefix + item.job_id]
+                    tr.zrem(abort_jobs_ss, item.job_id)
+                    tr.zrem(self.queue_name, item.job_id)
+                elif item.incr_score:
+                    tr.zincrby(self.queue_name, item.incr_score, item.job_id)
+                if delete_keys:
+                    tr.delete(*delete_keys)
+            await tr.execute()
+        return [None] * len(batch)
+
+    async def close(self) -> None:
+        await super().close()  # waits for running jobs, whose finishes need the batcher
+        await self._finishes.close()
+
+
 def make_worker(services: Services, *, handle_signals: bool = False) -> Worker:
     settings = services.settings
-    return Worker(
+    return GatewayWorker(
         functions=[
             func(
                 deliver, name=DELIVER_JOB, max_tries=10_000
