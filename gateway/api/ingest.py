@@ -58,6 +58,18 @@ async def ingest(request: Request) -> Response:
     source = await services.accounts.source_for_token(request.path_params["token"])
     if source is None or source.provider != provider.value:
         return error(404, f"no {provider.value.lower()} ingest source has this token")
+    # Like an unknown token, a request without the source's credentials is not kept.
+    if not await services.accounts.basic_auth_accepted(
+        source, request.headers.get("authorization")
+    ):
+        services.metrics.inc("gateway_ingest_unauthorized_total", provider=provider.value)
+        answer = error(
+            401,
+            "this ingest source requires HTTP Basic credentials "
+            "(user:password@ in the URL given to the provider); none or wrong ones were sent",
+        )
+        answer.headers["www-authenticate"] = 'Basic realm="gateway ingest", charset="UTF-8"'
+        return answer
 
     body = b""
     try:

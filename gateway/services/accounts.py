@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import hashlib
+import hmac
 import secrets
 import time
 from dataclasses import dataclass, replace
@@ -41,6 +45,60 @@ def new_secret(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(32)
 
 
+# A password is chosen by a person, so unlike keys and tokens it is hashed slowly
+# (scrypt, about 16 MiB and tens of milliseconds a try), with a salt of its own.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """``scrypt$n$r$p$salt$hash`` (base64) of ``password``."""
+    salt = secrets.token_bytes(16) if salt is None else salt
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    encoded = [base64.b64encode(part).decode() for part in (salt, digest)]
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${encoded[0]}${encoded[1]}"
+
+
+def password_matches(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        expected = base64.b64decode(digest)
+        computed = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+        )
+    except (ValueError, binascii.Error):
+        return False
+    return scheme == "scrypt" and hmac.compare_digest(computed, expected)
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """The (username, password) of an ``Authorization: Basic`` header, if that is one."""
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    username, colon, password = decoded.partition(":")
+    return (username, password) if colon else None
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    """HTTP Basic credentials an ingest source requires (Brevo sends them from the
+    user:password@ part of the web hook URL configured there)."""
+
+    username: str
+    password: str
+
+
 @dataclass(frozen=True, slots=True)
 class CreatedAccount:
     account_id: int
@@ -59,6 +117,12 @@ class AccountService:
         # token hash -> (source, fetched at). Ingest looks its source up on every
         # request; a short cache keeps that off the database. Local changes evict.
         self._sources: dict[str, tuple[SourceRecord | None, float]] = {}
+        # (source id, password hash, SHA-256 of the header) -> verified at. A provider
+        # sends the same header with every event; scrypt runs once per cache period.
+        self._verified: dict[tuple[int, str, str], float] = {}
+        # Wrong passwords are not cached: at most two scrypt runs at a time, in threads,
+        # however many bad requests arrive.
+        self._hashing = asyncio.Semaphore(2)
         self._keys: dict[str, tuple[int | None, float]] = {}
 
     async def create_account(self, name: str) -> CreatedAccount:
@@ -120,6 +184,31 @@ class AccountService:
         self._sources[token_hash] = (source, time.monotonic())
         return source
 
+    async def basic_auth_accepted(self, source: SourceRecord, header: str | None) -> bool:
+        """Whether a request's ``Authorization`` header satisfies ``source``; True when
+        the source requires no credentials."""
+        if source.basic_username is None or source.basic_password_hash is None:
+            return True
+        credentials = basic_credentials(header)
+        if credentials is None:
+            return False
+        username, password = credentials
+        if not hmac.compare_digest(username.encode(), source.basic_username.encode()):
+            return False
+        key = (source.id, source.basic_password_hash, hash_secret(header or ""))
+        verified = self._verified.get(key)
+        if verified is not None and time.monotonic() - verified < self._cache_seconds:
+            return True
+        async with self._hashing:
+            matches = await asyncio.to_thread(
+                password_matches, password, source.basic_password_hash
+            )
+        if matches:
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[key] = time.monotonic()
+        return matches
+
     async def create_source(
         self,
         account_id: int,
@@ -128,9 +217,11 @@ class AccountService:
         name: str,
         timezone: str | None,
         parameters: dict[str, str] | None,
+        basic_auth: BasicAuth | None = None,
     ) -> tuple[SourceRecord, str]:
         """A new ingest source and its token (shown once)."""
         token = new_secret("src_")
+        username, password_hash = await _checked_basic_auth(provider, basic_auth)
         source = SourceRecord(
             id=self._ids.next_id(),
             account_id=account_id,
@@ -139,6 +230,8 @@ class AccountService:
             timezone=_checked_timezone(timezone or "UTC"),
             created_at=datetime.now(UTC),
             parameters=_checked_parameters(provider, parameters or {}),
+            basic_username=username,
+            basic_password_hash=password_hash,
         )
         async with begin_write(self._engine) as connection:
             await store.add_source(connection, source=source, token_hash=hash_secret(token))
@@ -156,11 +249,25 @@ class AccountService:
         name: str | None = None,
         timezone: str | None = None,
         parameters: dict[str, str] | None = None,
+        basic_auth: BasicAuth | None = None,
+        remove_basic_auth: bool = False,
     ) -> SourceRecord | None:
+        """Change what is given; ``basic_auth`` replaces the credentials,
+        ``remove_basic_auth`` drops them."""
+        if basic_auth is not None and remove_basic_auth:
+            raise InputError("basicAuth", "give new credentials or remove them, not both")
+        async with self._engine.connect() as connection:
+            found = await store.get_source(connection, account_id=account_id, source_id=source_id)
+        if found is None:
+            return None
+        # Hashed before the write lock is taken: scrypt takes a while.
+        username, password_hash = await _checked_basic_auth(Provider(found.provider), basic_auth)
         async with begin_write(self._engine) as connection:
             current = await store.get_source(connection, account_id=account_id, source_id=source_id)
             if current is None:
                 return None
+            if basic_auth is None and not remove_basic_auth:
+                username, password_hash = current.basic_username, current.basic_password_hash
             changed = replace(
                 current,
                 name=current.name if name is None else _checked_name(name),
@@ -168,6 +275,8 @@ class AccountService:
                 parameters=current.parameters
                 if parameters is None
                 else _checked_parameters(Provider(current.provider), parameters),
+                basic_username=username,
+                basic_password_hash=password_hash,
             )
             await store.update_source(
                 connection,
@@ -177,6 +286,8 @@ class AccountService:
                     "name": changed.name,
                     "timezone": changed.timezone,
                     "parameters": changed.parameters,
+                    "basic_username": changed.basic_username,
+                    "basic_password_hash": changed.basic_password_hash,
                 },
             )
         self._sources.clear()
@@ -208,6 +319,25 @@ def _checked_timezone(timezone: str) -> str:
     if timezone not in available_timezones() and timezone != "UTC":
         raise InputError("timezone", f"unknown time zone {timezone!r}")
     return timezone
+
+
+async def _checked_basic_auth(
+    provider: Provider, basic_auth: BasicAuth | None
+) -> tuple[str | None, str | None]:
+    """(username, password hash) to store, or (None, None) for no credentials."""
+    if basic_auth is None:
+        return None, None
+    if provider is not Provider.BREVO:
+        raise InputError(
+            "basicAuth",
+            f"HTTP Basic credentials are for Brevo sources; {provider.value} sends none",
+        )
+    username = basic_auth.username.strip()
+    if not username or len(username) > 200 or ":" in username:
+        raise InputError("basicAuth.username", "must be 1 to 200 characters, without ':'")
+    if not 12 <= len(basic_auth.password) <= 200:
+        raise InputError("basicAuth.password", "must be 12 to 200 characters")
+    return username, await asyncio.to_thread(hash_password, basic_auth.password)
 
 
 def _checked_parameters(provider: Provider, parameters: dict[str, str]) -> dict[str, str]:

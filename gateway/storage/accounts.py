@@ -31,6 +31,8 @@ class SourceRecord:
     timezone: str
     created_at: datetime
     parameters: dict[str, str] = field(default_factory=dict)
+    basic_username: str | None = None
+    basic_password_hash: str | None = None
 
 
 async def count_accounts(connection: AsyncConnection) -> int:
@@ -88,6 +90,8 @@ def _source(row: RowMapping) -> SourceRecord:
         timezone=row["timezone"],
         created_at=row["created_at"],
         parameters=orjson.loads(row["parameters"]),
+        basic_username=row["basic_username"],
+        basic_password_hash=row["basic_password_hash"],
     )
 
 
@@ -102,6 +106,8 @@ async def add_source(connection: AsyncConnection, *, source: SourceRecord, token
             timezone=source.timezone,
             parameters=orjson.dumps(source.parameters).decode(),
             created_at=source.created_at,
+            basic_username=source.basic_username,
+            basic_password_hash=source.basic_password_hash,
         )
     )
 
@@ -138,7 +144,8 @@ async def get_source(
 async def update_source(
     connection: AsyncConnection, *, account_id: int, source_id: int, changes: dict[str, Any]
 ) -> bool:
-    """Apply ``changes`` (name, timezone, parameters); False if there is no such source."""
+    """Apply ``changes`` (name, timezone, parameters, basic_username,
+    basic_password_hash); False if there is no such source."""
     values = dict(changes)
     if "parameters" in values:
         values["parameters"] = orjson.dumps(values["parameters"]).decode()

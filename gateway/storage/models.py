@@ -39,6 +39,10 @@ class IngestSource(SQLModel, table=True):
     # JSON object: gateway field name -> the provider's parameter name.
     parameters: str = Field(default="{}", sa_type=Text)
     created_at: datetime
+    # HTTP Basic credentials the provider must send (Brevo); the password as a salted
+    # scrypt hash (see services.accounts.hash_password). Both null: none required.
+    basic_username: str | None = Field(default=None, max_length=200)
+    basic_password_hash: str | None = Field(default=None, sa_type=Text)
 
 
 class EventRow(SQLModel, table=True):

@@ -28,6 +28,7 @@ from gateway.api.graphql.types import (
     IngestSourceCreated,
     Message,
     UpdateIngestSourceInput,
+    basic_auth,
     parameters_dict,
 )
 from gateway.api.graphql.webhooks import WebhookMutation, WebhookQuery
@@ -83,6 +84,7 @@ class Mutation(WebhookMutation):
                 name=input.name,
                 timezone=input.timezone,
                 parameters=parameters_dict(input.parameters),
+                basic_auth=basic_auth(input.basic_auth),
             )
         except InputError as error:
             raise user_error(InputError(f"input.{error.field}", error.message)) from None
@@ -100,6 +102,8 @@ class Mutation(WebhookMutation):
                 name=input.name,
                 timezone=input.timezone,
                 parameters=parameters_dict(input.parameters),
+                basic_auth=basic_auth(input.basic_auth),
+                remove_basic_auth=input.remove_basic_auth,
             )
         except InputError as error:
             raise user_error(InputError(f"input.{error.field}", error.message)) from None

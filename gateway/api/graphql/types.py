@@ -11,6 +11,7 @@ from strawberry.scalars import JSON
 from gateway.domain.events import EventType, NormalizedEvent, Provider, RejectReason, Severity
 from gateway.domain.query import EventFilter as DomainFilter
 from gateway.domain.query import StoredEvent
+from gateway.services.accounts import BasicAuth
 from gateway.services.events import EventPage, MessageTimeline, encode_cursor
 from gateway.storage.accounts import SourceRecord
 
@@ -240,6 +241,16 @@ def parameters_dict(parameters: list[ParameterInput] | None) -> dict[str, str] |
     return None if parameters is None else {p.field: p.name for p in parameters}
 
 
+@strawberry.input(description="HTTP Basic credentials a source requires (Brevo).")
+class BasicAuthInput:
+    username: str
+    password: str = strawberry.field(description="12 to 200 characters; stored hashed.")
+
+
+def basic_auth(value: BasicAuthInput | None) -> BasicAuth | None:
+    return None if value is None else BasicAuth(value.username, value.password)
+
+
 @strawberry.type
 class IngestSource:
     id: strawberry.ID
@@ -248,6 +259,10 @@ class IngestSource:
     timezone: str
     parameters: list[Parameter]
     created_at: datetime
+    basic_auth_username: str | None = strawberry.field(
+        description="Set when requests must carry HTTP Basic credentials (the password "
+        "is never shown)."
+    )
 
     @classmethod
     def from_record(cls, record: SourceRecord) -> IngestSource:
@@ -258,6 +273,7 @@ class IngestSource:
             timezone=record.timezone,
             parameters=[Parameter(field=f, name=n) for f, n in record.parameters.items()],
             created_at=record.created_at,
+            basic_auth_username=record.basic_username,
         )
 
 
@@ -275,6 +291,11 @@ class CreateIngestSourceInput:
         default=None, description="IANA zone of the provider's local times (JangoMail)."
     )
     parameters: list[ParameterInput] | None = None
+    basic_auth: BasicAuthInput | None = strawberry.field(
+        default=None,
+        description="Require these HTTP Basic credentials on every request (Brevo sends "
+        "them from https://user:password@… in its web hook URL).",
+    )
 
 
 @strawberry.input
@@ -282,3 +303,9 @@ class UpdateIngestSourceInput:
     name: str | None = None
     timezone: str | None = None
     parameters: list[ParameterInput] | None = None
+    basic_auth: BasicAuthInput | None = strawberry.field(
+        default=None, description="Replace the required HTTP Basic credentials."
+    )
+    remove_basic_auth: bool = strawberry.field(
+        default=False, description="Stop requiring HTTP Basic credentials."
+    )
