@@ -79,7 +79,8 @@ async def ingest(request: Request) -> Response:
                 method=request.method,
                 body=body,
                 content_type=request.headers.get("content-type", ""),
-                query=request.query_params.multi_items(),
+                # Only JangoMail reads a query string; parsing one is not free.
+                query=request.query_params.multi_items() if provider is Provider.JANGOMAIL else [],
                 route_event=route_event,
                 received_at=datetime.now(UTC),
             ),
