@@ -160,13 +160,15 @@ async def _insert_sqlite(
 # round trip and one prepared statement for a batch of any size, and next to no
 # per-value work in Python (twice the rows per second of multi-row VALUES and two more
 # statements). Tags and counts are written only for the events actually inserted (not
-# the duplicates); counts in (account, tag) order, so that concurrent writers lock
-# them in one order and never deadlock.
+# the duplicates). Events go in (account, dedupe key) order and counts in (account,
+# tag) order, so that concurrent writers (batches in flight at once, other replicas)
+# take those locks in one order and never deadlock over a retried event.
 _POSTGRESQL_INSERT = text(
     """
     WITH inserted AS (
         INSERT INTO events
         SELECT * FROM json_populate_recordset(NULL::events, CAST(:events AS json))
+        ORDER BY account_id, dedupe_key
         ON CONFLICT (account_id, dedupe_key) DO NOTHING
         RETURNING id
     ), new_tags AS (
