@@ -105,3 +105,25 @@ async def test_a_returned_connection_holds_no_transaction(engine: AsyncEngine) -
     async with engine.connect() as reader:
         values = (await reader.execute(text("SELECT v FROM t"))).scalars().all()
     assert values == ["committed"]
+
+
+async def test_run_joins_the_open_transaction_in_one_trip(
+    engine: AsyncEngine, trips: list[str]
+) -> None:
+    def insert_two(sqlite: Any) -> int:
+        sqlite.executemany("INSERT INTO t (v) VALUES (?)", [("a",), ("b",)])
+        return int(sqlite.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    with pytest.raises(RuntimeError):
+        async with begin_write(engine) as connection:
+            raw = (await connection.get_raw_connection()).driver_connection
+            trips.clear()
+            assert await raw.run(insert_two) == 2
+            assert trips == ["insert_two"]
+            raise RuntimeError("roll back")
+    async with begin_write(engine) as connection:
+        raw = (await connection.get_raw_connection()).driver_connection
+        assert await raw.run(insert_two) == 2  # the first two were rolled back with it
+    async with engine.connect() as connection:
+        count = (await connection.execute(text("SELECT count(*) FROM t"))).scalar_one()
+    assert count == 2

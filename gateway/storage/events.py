@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import enum
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-import aiosqlite
 import orjson
 from sqlalchemy import Select, exists, select, text
 from sqlalchemy.engine import RowMapping
@@ -25,6 +25,7 @@ from gateway.domain.events import (
 )
 from gateway.domain.query import EventFilter, StoredEvent, bare_message_id, email_key
 from gateway.storage.models import EventRow, EventTag, TagCount
+from gateway.storage.sqlite_driver import OneTripConnection
 
 events_table = EventRow.__table__  # type: ignore[attr-defined]
 tags_table = EventTag.__table__  # type: ignore[attr-defined]
@@ -93,10 +94,11 @@ async def insert_events(
     return await _insert_sqlite(connection, events, rows)
 
 
-# SQLite through the driver (aiosqlite) itself: each statement sent through SQLAlchemy
-# costs four hops to the driver's thread and back (cursor, execute, fetch, close), which
-# under load dominated a small group commit; the driver's own helpers cost one. Values
-# still go through SQLAlchemy's bind processors, so they are stored exactly as before.
+# SQLite through the driver itself: every trip to the connection's thread waits for a
+# turn of the event loop, which under load runs other requests first; a group commit
+# of events, tags and counts in one trip took half the wall time of one per statement.
+# Values still go through SQLAlchemy's bind processors, so they are stored exactly as
+# SQLAlchemy would store them.
 _SQLITE_ROWS_PER_STATEMENT = 1000  # 19 parameters a row; SQLite allows 32766
 _SQLITE_TAGS = (
     "INSERT INTO event_tags (account_id, tag, event_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
@@ -125,34 +127,45 @@ async def _insert_sqlite(
         (column.name, column.type.dialect_impl(dialect).bind_processor(dialect))
         for column in events_table.c
     ]
-    # The aiosqlite connection under this transaction: its statements join it.
-    driver = cast(aiosqlite.Connection, (await connection.get_raw_connection()).driver_connection)
-    stored: set[int] = set()
-    for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
-        chunk = rows[start : start + _SQLITE_ROWS_PER_STATEMENT]
-        parameters = [
-            process(row[name]) if process else row[name]
-            for row in chunk
-            for name, process in columns
-        ]
-        returned = await driver.execute_fetchall(_sqlite_events_statement(len(chunk)), parameters)
-        stored.update(row[0] for row in returned)
-    tag_rows = [
-        (new.account_id, tag, new.id)
-        for new in events
-        if new.id in stored
-        for tag in new.event.tags
-    ]
-    if tag_rows:
-        await driver.executemany(_SQLITE_TAGS, tag_rows)
-        counts: dict[tuple[int, str], int] = {}
-        for account_id, tag, _event_id in tag_rows:
-            counts[account_id, tag] = counts.get((account_id, tag), 0) + 1
-        await driver.executemany(
-            _SQLITE_COUNTS,
-            [(account_id, tag, n) for (account_id, tag), n in sorted(counts.items())],
+    chunks = [
+        (
+            _sqlite_events_statement(len(chunk)),
+            [
+                process(row[name]) if process else row[name]
+                for row in chunk
+                for name, process in columns
+            ],
         )
-    return stored
+        for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT)
+        if (chunk := rows[start : start + _SQLITE_ROWS_PER_STATEMENT])
+    ]
+    tags_by_event = {new.id: (new.account_id, new.event.tags) for new in events}
+
+    def write(sqlite: sqlite3.Connection) -> set[int]:
+        """Events, then tags and counts for those stored: one trip to the thread."""
+        stored: set[int] = set()
+        for statement, parameters in chunks:
+            stored.update(row[0] for row in sqlite.execute(statement, parameters).fetchall())
+        tag_rows = [
+            (account_id, tag, event_id)
+            for event_id, (account_id, tags) in tags_by_event.items()
+            if event_id in stored
+            for tag in tags
+        ]
+        if tag_rows:
+            sqlite.executemany(_SQLITE_TAGS, tag_rows)
+            counts: dict[tuple[int, str], int] = {}
+            for account_id, tag, _event_id in tag_rows:
+                counts[account_id, tag] = counts.get((account_id, tag), 0) + 1
+            sqlite.executemany(
+                _SQLITE_COUNTS,
+                [(account_id, tag, n) for (account_id, tag), n in sorted(counts.items())],
+            )
+        return stored
+
+    # The driver connection under this transaction: its statements join it.
+    driver = (await connection.get_raw_connection()).driver_connection
+    return await cast(OneTripConnection, driver).run(write)
 
 
 # Events, their tag rows and tag counts in one PostgreSQL statement. The rows arrive as

@@ -12,11 +12,13 @@ what SQLAlchemy reads afterwards (description, rowcount, lastrowid). Server-side
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import aiosqlite
 from aiosqlite.context import contextmanager
+
+T = TypeVar("T")
 
 
 class OneTripCursor(aiosqlite.Cursor):
@@ -89,6 +91,12 @@ class OneTripCursor(aiosqlite.Cursor):
 
 
 class OneTripConnection(aiosqlite.Connection):
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)`` in the connection's thread, in whatever transaction is
+        open there: several statements for one trip."""
+        result: T = await self._execute(work, self._conn)  # type: ignore[no-untyped-call]
+        return result
+
     @contextmanager  # awaitable and an async context manager, as aiosqlite's own
     async def cursor(self) -> OneTripCursor:  # type: ignore[override]
         return OneTripCursor(self)

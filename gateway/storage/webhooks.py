@@ -104,10 +104,16 @@ async def get_webhook(
 async def list_webhooks(
     connection: AsyncConnection, *, account_ids: Sequence[int]
 ) -> list[WebhookConfig]:
+    accounts = list(account_ids)
+    # One account is the common case (every group commit asks): a plain comparison
+    # spares SQLAlchemy expanding an IN list on every call.
+    where = (
+        webhooks_table.c.account_id == accounts[0]
+        if len(accounts) == 1
+        else webhooks_table.c.account_id.in_(accounts)
+    )
     result = await connection.execute(
-        select(webhooks_table)
-        .where(webhooks_table.c.account_id.in_(list(account_ids)))
-        .order_by(webhooks_table.c.id)
+        select(webhooks_table).where(where).order_by(webhooks_table.c.id)
     )
     return [_webhook(row) for row in result.mappings()]
 
