@@ -125,7 +125,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             accounts=AccountService(engine, ids, cache_seconds=settings.source_cache_seconds),
             events=events,
             writer=writer,
-            rejections=RejectedPayloads(engine, ids),
+            rejections=RejectedPayloads(engine, ids, writer),
             metrics=metrics,
             queue=queue,
             webhooks=webhooks,

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import functools
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.batching import Batcher
-from gateway.domain.events import NormalizedEvent
+from gateway.domain.events import NormalizedEvent, Provider
 from gateway.domain.query import StoredEvent
 from gateway.ids import IdGenerator
+from gateway.providers.base import IngestRequest, PayloadError, SourceConfig
+from gateway.providers.registry import ADAPTERS
 from gateway.storage import accounts as account_store
 from gateway.storage import events as event_store
 from gateway.storage.db import begin_write
@@ -150,12 +154,30 @@ class IngestWriter:
         return results, stored_events, actions
 
 
-class RejectedPayloads:
-    """Keeps every refused ingest request whole, with the reason, for replay."""
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """What replaying one kept request did: its events stored (or found already
+    stored), or why it still cannot be read."""
 
-    def __init__(self, engine: AsyncEngine, ids: IdGenerator) -> None:
+    payload: dict[str, object]
+    result: IngestResult | None
+    error: str | None = None
+
+
+class RejectedPayloads:
+    """Keeps every refused ingest request whole, with the reason, for replay.
+
+    A replay reads the kept request again with its source's settings as they are now
+    (a JangoMail parameter renamed, a time zone fixed, an adapter that learned a new
+    quirk) and stores what it carries; dedupe keys make a second replay a no-op.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, ids: IdGenerator, writer: IngestWriter | None = None
+    ) -> None:
         self._engine = engine
         self._ids = ids
+        self._writer = writer
 
     async def keep(
         self,
@@ -188,6 +210,52 @@ class RejectedPayloads:
                 received_at=datetime.now(UTC),
             )
 
-    async def recent(self, account_id: int, *, limit: int) -> list[dict[str, object]]:
+    async def recent(
+        self, account_id: int, *, limit: int, before_id: int | None = None
+    ) -> list[dict[str, object]]:
         async with self._engine.connect() as connection:
-            return await account_store.list_rejected(connection, account_id=account_id, limit=limit)
+            return await account_store.list_rejected(
+                connection, account_id=account_id, limit=limit, before_id=before_id
+            )
+
+    async def replay(self, account_id: int, rejected_id: int) -> ReplayOutcome | None:
+        """Read a kept request again and store its events; None if the account has no
+        such request."""
+        assert self._writer is not None, "replay needs the ingest writer"
+        async with self._engine.connect() as connection:
+            kept = await account_store.get_rejected(
+                connection, account_id=account_id, rejected_id=rejected_id
+            )
+            source = (
+                None
+                if kept is None or kept["source_id"] is None
+                else await account_store.get_source(
+                    connection, account_id=account_id, source_id=int(kept["source_id"])
+                )
+            )
+        if kept is None:
+            return None
+        if source is None:
+            return ReplayOutcome(kept, None, "its ingest source has been deleted")
+        provider = Provider(source.provider)
+        path = str(kept["path"]).rstrip("/").split("/")
+        request = IngestRequest(
+            method=str(kept["method"]),
+            body=bytes(cast(bytes, kept["body"])),
+            content_type=str(kept["content_type"]),
+            query=urllib.parse.parse_qsl(str(kept["query"]), keep_blank_values=True),
+            # /ingest/jangomail/{token}/{event}
+            route_event=path[4] if provider is Provider.JANGOMAIL and len(path) > 4 else None,
+            received_at=cast(datetime, kept["received_at"]),
+        )
+        try:
+            events = ADAPTERS[provider].parse(
+                request, SourceConfig(timezone=source.timezone, parameters=source.parameters)
+            )
+        except PayloadError as problem:
+            return ReplayOutcome(kept, None, problem.message)
+        result = await self._writer.write(account_id, source.id, events)
+        now = datetime.now(UTC)
+        async with begin_write(self._engine) as connection:
+            await account_store.mark_replayed(connection, rejected_id=rejected_id, at=now)
+        return ReplayOutcome({**kept, "replayed_at": now}, result)

@@ -172,12 +172,29 @@ async def save_rejected(connection: AsyncConnection, **values: Any) -> None:
 
 
 async def list_rejected(
-    connection: AsyncConnection, *, account_id: int, limit: int
+    connection: AsyncConnection, *, account_id: int, limit: int, before_id: int | None = None
 ) -> list[dict[str, Any]]:
-    result = await connection.execute(
-        select(rejected_table)
-        .where(rejected_table.c.account_id == account_id)
-        .order_by(rejected_table.c.id.desc())
-        .limit(limit)
-    )
+    """An account's refused requests, newest first (before ``before_id``, if given)."""
+    query = select(rejected_table).where(rejected_table.c.account_id == account_id)
+    if before_id is not None:
+        query = query.where(rejected_table.c.id < before_id)
+    result = await connection.execute(query.order_by(rejected_table.c.id.desc()).limit(limit))
     return [dict(row) for row in result.mappings()]
+
+
+async def get_rejected(
+    connection: AsyncConnection, *, account_id: int, rejected_id: int
+) -> dict[str, Any] | None:
+    result = await connection.execute(
+        select(rejected_table).where(
+            rejected_table.c.account_id == account_id, rejected_table.c.id == rejected_id
+        )
+    )
+    row = result.mappings().one_or_none()
+    return None if row is None else dict(row)
+
+
+async def mark_replayed(connection: AsyncConnection, *, rejected_id: int, at: datetime) -> None:
+    await connection.execute(
+        update(rejected_table).where(rejected_table.c.id == rejected_id).values(replayed_at=at)
+    )

@@ -113,6 +113,8 @@ class RejectedPayload(SQLModel, table=True):
     status: int
     reason: str = Field(sa_type=Text)
     received_at: datetime
+    # Set when a replay (replayRejectedPayload) stored what this request carried.
+    replayed_at: datetime | None = None
 
 
 class Webhook(SQLModel, table=True):

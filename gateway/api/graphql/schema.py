@@ -27,6 +27,8 @@ from gateway.api.graphql.types import (
     IngestSource,
     IngestSourceCreated,
     Message,
+    RejectedPayload,
+    ReplayResult,
     UpdateIngestSourceInput,
     basic_auth,
     parameters_dict,
@@ -69,9 +71,50 @@ class Query(WebhookQuery):
         records = await context.services.accounts.list_sources(context.account_id)
         return [IngestSource.from_record(record) for record in records]
 
+    @strawberry.field(
+        description="Ingest requests that were refused (4xx), newest first, kept for replay."
+    )
+    async def rejected_payloads(
+        self,
+        info: Info[Context, None],
+        first: int | None = None,
+        before: strawberry.ID | None = None,
+    ) -> list[RejectedPayload]:
+        context = authorized(info)
+        settings = context.services.settings
+        size = settings.default_page_size if first is None else first
+        if not 1 <= size <= settings.max_page_size:
+            raise user_error(InputError("first", f"must be 1 to {settings.max_page_size}"))
+        rows = await context.services.rejections.recent(
+            context.account_id,
+            limit=size,
+            before_id=None if before is None else object_id(before, "before"),
+        )
+        return [RejectedPayload.from_row(row) for row in rows]
+
 
 @strawberry.type
 class Mutation(WebhookMutation):
+    @strawberry.mutation(
+        description="Read a refused request again with its source's current settings and "
+        "store its events (a second replay stores nothing new). Null if there is no such "
+        "request."
+    )
+    async def replay_rejected_payload(
+        self, info: Info[Context, None], id: strawberry.ID
+    ) -> ReplayResult | None:
+        context = authorized(info)
+        outcome = await context.services.rejections.replay(context.account_id, object_id(id, "id"))
+        if outcome is None:
+            return None
+        result = outcome.result
+        return ReplayResult(
+            payload=RejectedPayload.from_row(outcome.payload),
+            stored=0 if result is None else result.stored,
+            duplicates=0 if result is None else result.duplicates,
+            error=outcome.error,
+        )
+
     @strawberry.mutation(description="A new ingest source; its token is shown only here.")
     async def create_ingest_source(
         self, info: Info[Context, None], input: CreateIngestSourceInput

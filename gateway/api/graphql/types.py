@@ -309,3 +309,45 @@ class UpdateIngestSourceInput:
     remove_basic_auth: bool = strawberry.field(
         default=False, description="Stop requiring HTTP Basic credentials."
     )
+
+
+@strawberry.type(description="An ingest request that was refused, kept whole for replay.")
+class RejectedPayload:
+    id: strawberry.ID
+    provider: Provider
+    source_id: strawberry.ID | None
+    method: str
+    content_type: str
+    status: int = strawberry.field(description="What the provider was answered (4xx).")
+    reason: str
+    received_at: datetime
+    body: str = strawberry.field(description="As received (UTF-8; undecodable bytes as U+FFFD).")
+    replayed_at: datetime | None = strawberry.field(
+        description="When a replay stored what it carries."
+    )
+
+    @classmethod
+    def from_row(cls, row: dict[str, object]) -> RejectedPayload:
+        source_id = row["source_id"]
+        return cls(
+            id=strawberry.ID(str(row["id"])),
+            provider=Provider(str(row["provider"])),
+            source_id=None if source_id is None else strawberry.ID(str(source_id)),
+            method=str(row["method"]),
+            content_type=str(row["content_type"]),
+            status=int(cast(int, row["status"])),
+            reason=str(row["reason"]),
+            received_at=cast(datetime, row["received_at"]),
+            body=bytes(cast(bytes, row["body"])).decode("utf-8", "replace"),
+            replayed_at=cast("datetime | None", row.get("replayed_at")),
+        )
+
+
+@strawberry.type
+class ReplayResult:
+    payload: RejectedPayload
+    stored: int = strawberry.field(description="Events stored by this replay.")
+    duplicates: int = strawberry.field(description="Events already stored (an earlier replay).")
+    error: str | None = strawberry.field(
+        description="Why the request still cannot be read (nothing was stored)."
+    )

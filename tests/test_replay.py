@@ -1,0 +1,121 @@
+"""A refused ingest request is kept whole; once the cause is fixed (here: a JangoMail
+parameter the customer renamed on JangoMail's side), replaying it stores its events,
+and replaying again stores nothing twice. Nothing crosses accounts."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import httpx
+
+from gateway.services.accounts import CreatedAccount
+from tests.conftest import Gateway
+from tests.support import gql, gql_errors
+
+PAYLOADS = (
+    "{ rejectedPayloads { id provider sourceId method contentType status reason body replayedAt } }"
+)
+REPLAY = (
+    "mutation($id: ID!) { replayRejectedPayload(id: $id) { stored duplicates error "
+    "payload { id replayedAt } } }"
+)
+
+
+async def refused_open(gateway: Gateway, account: CreatedAccount) -> httpx.Response:
+    """A JangoMail open whose address comes as ``addr``: the source expects the default
+    name until it is told otherwise."""
+    query = urlencode(
+        {
+            "addr": "jane+x@example.com",
+            "TransactionalEmailID": "77",
+            "OpenDateTime": "1/28/2015 9:55:00 AM",
+        }
+    )
+    async with gateway.client() as client:
+        return await client.get(
+            f"/ingest/jangomail/{account.ingest_tokens['jangomail']}/open?{query}"
+        )
+
+
+async def test_a_fixed_source_replays_what_it_refused(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient
+) -> None:
+    refused = await refused_open(gateway, account)
+    assert refused.status_code == 422, refused.text
+
+    [kept] = (await gql(api, PAYLOADS))["rejectedPayloads"]
+    assert (kept["provider"], kept["method"], kept["status"]) == ("JANGOMAIL", "GET", 422)
+    assert kept["reason"] == refused.json()["error"]
+    assert kept["replayedAt"] is None
+
+    # Still unreadable: the error says why and nothing is stored or marked.
+    [still] = [(await gql(api, REPLAY, id=kept["id"]))["replayRejectedPayload"]]
+    assert still["stored"] == 0 and still["error"] == kept["reason"]
+    assert still["payload"]["replayedAt"] is None
+
+    sources = (await gql(api, "{ ingestSources { id provider } }"))["ingestSources"]
+    [jangomail] = [s["id"] for s in sources if s["provider"] == "JANGOMAIL"]
+    await gql(
+        api,
+        "mutation($id: ID!) { updateIngestSource(id: $id, input: "
+        '{parameters: [{field: "email", name: "addr"}]}) { id } }',
+        id=jangomail,
+    )
+    replayed = (await gql(api, REPLAY, id=kept["id"]))["replayRejectedPayload"]
+    assert (replayed["stored"], replayed["duplicates"], replayed["error"]) == (1, 0, None)
+    assert replayed["payload"]["replayedAt"] is not None
+    events = await gql(api, "{ events { edges { node { type email messageId occurredAt } } } }")
+    [node] = [edge["node"] for edge in events["events"]["edges"]]
+    assert (node["type"], node["email"], node["messageId"]) == (
+        "OPENED",
+        "jane+x@example.com",
+        "77",
+    )
+    assert node["occurredAt"].startswith("2015-01-28T09:55:00")
+
+    again = (await gql(api, REPLAY, id=kept["id"]))["replayRejectedPayload"]
+    assert (again["stored"], again["duplicates"]) == (0, 1)
+
+
+async def test_malformed_json_keeps_its_bytes_and_its_reason(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient
+) -> None:
+    async with gateway.client() as client:
+        await client.post(
+            f"/ingest/brevo/{account.ingest_tokens['brevo']}",
+            content='{"event": "delivered", "subject": "Grüße"'.encode(),
+            headers={"content-type": "application/json"},
+        )
+    [kept] = (await gql(api, PAYLOADS))["rejectedPayloads"]
+    assert kept["body"] == '{"event": "delivered", "subject": "Grüße"'
+    assert kept["contentType"] == "application/json"
+    result = (await gql(api, REPLAY, id=kept["id"]))["replayRejectedPayload"]
+    assert result["stored"] == 0 and "not valid JSON" in result["error"]
+
+
+async def test_another_account_sees_and_replays_nothing(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient
+) -> None:
+    await refused_open(gateway, account)
+    [kept] = (await gql(api, PAYLOADS))["rejectedPayloads"]
+    other = await gateway.new_account()
+    async with gateway.client(other.api_key) as stranger:
+        assert (await gql(stranger, PAYLOADS))["rejectedPayloads"] == []
+        assert (await gql(stranger, REPLAY, id=kept["id"]))["replayRejectedPayload"] is None
+
+
+async def test_paging_and_bad_arguments_name_the_field(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient
+) -> None:
+    for _ in range(3):
+        await refused_open(gateway, account)
+    newest_first = (await gql(api, "{ rejectedPayloads(first: 2) { id } }"))["rejectedPayloads"]
+    assert len(newest_first) == 2 and int(newest_first[0]["id"]) > int(newest_first[1]["id"])
+    rest = await gql(
+        api, "query($b: ID) { rejectedPayloads(before: $b) { id } }", b=newest_first[1]["id"]
+    )
+    assert len(rest["rejectedPayloads"]) == 1
+    [error] = await gql_errors(api, "{ rejectedPayloads(first: 0) { id } }")
+    assert error["extensions"]["field"] == "first"
+    [error] = await gql_errors(api, 'mutation { replayRejectedPayload(id: "x") { stored } }')
+    assert error["extensions"]["field"] == "id"
