@@ -8,6 +8,7 @@ transaction), and each caller gets its own result. Alone, an item waits for nobo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +25,12 @@ class Batcher(Generic[T, R]):
     is waiting; ``run`` returns one result per item, in order.
 
     A batch holds up to ``max_batch`` by ``weight`` (1 an item unless given). ``then``,
-    if given, runs after each batch's callers have their results, before the next batch.
+    if given, runs with each batch's items after its callers have their results.
+
+    One batch runs at a time, so that what arrives meanwhile makes the next one bigger.
+    With ``concurrency`` above 1, a further batch starts beside the running ones only
+    when a full one is waiting: it cannot grow by waiting, and on PostgreSQL its insert
+    runs in a second server process while the first commits (arrays of 500 events).
     """
 
     def __init__(
@@ -34,48 +40,79 @@ class Batcher(Generic[T, R]):
         name: str,
         max_batch: int = 500,
         weight: Callable[[T], int] | None = None,
-        then: Callable[[], Awaitable[None]] | None = None,
+        then: Callable[[list[T]], Awaitable[None]] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._run = run
         self._name = name
         self._max_batch = max_batch
         self._weight = weight or (lambda _item: 1)
         self._then = then
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._concurrency = max(1, concurrency)
+        self._pending: collections.deque[tuple[T, asyncio.Future[R], int]] = collections.deque()
+        self._pending_weight = 0
+        self._running: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, item: T) -> R:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop(), name=self._name)
         done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, done))
+        weight = self._weight(item)
+        self._pending.append((item, done, weight))
+        self._pending_weight += weight
+        self._wake.set()
         return await done
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in [*([self._task] if self._task else []), *self._running]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._task = None
+
+    def _may_start(self) -> bool:
+        if not self._pending:
+            return False
+        if not self._running:
+            return True
+        return len(self._running) < self._concurrency and self._pending_weight >= self._max_batch
 
     async def _loop(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            total = self._weight(batch[0][0])
-            while total < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                total += self._weight(batch[-1][0])
-            items = [item for item, _ in batch]
-            try:
-                results = await self._run(items)
-            except Exception as exc:
-                log.exception("%s: a batch of %d failed", self._name, len(items))
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-                continue
-            for (_, done), result in zip(batch, results, strict=True):
+            await self._wake.wait()
+            self._wake.clear()
+            while self._may_start():
+                batch = [self._pending.popleft()]
+                total = batch[0][2]
+                while self._pending and total + self._pending[0][2] <= self._max_batch:
+                    batch.append(self._pending.popleft())
+                    total += batch[-1][2]
+                self._pending_weight -= total
+                task = asyncio.create_task(self._run_batch(batch), name=self._name)
+                self._running.add(task)
+                task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._wake.set()
+
+    async def _run_batch(self, batch: list[tuple[T, asyncio.Future[R], int]]) -> None:
+        items = [item for item, _, _ in batch]
+        try:
+            results = await self._run(items)
+        except Exception as exc:
+            log.exception("%s: a batch of %d failed", self._name, len(items))
+            for _, done, _ in batch:
                 if not done.done():
-                    done.set_result(result)
-            if self._then is not None:
-                await self._then()
+                    done.set_exception(exc)
+            return
+        for (_, done, _), result in zip(batch, results, strict=True):
+            if not done.done():
+                done.set_result(result)
+        if self._then is not None:
+            try:
+                await self._then(items)
+            except Exception:
+                log.exception("%s: the after-batch step failed", self._name)

@@ -27,7 +27,7 @@ from gateway.services.events import EventQueries
 from gateway.services.ingest import IngestWriter, RejectedPayloads
 from gateway.services.webhooks import DeliveryQueue, WebhookService
 from gateway.settings import Settings
-from gateway.storage.db import make_engine, migrate, ping
+from gateway.storage.db import is_sqlite, make_engine, migrate, ping
 
 NODE_SEQUENCE_KEY = "gateway:node-sequence"
 
@@ -105,7 +105,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         ids = IdGenerator(node)
         if settings.embedded_database:
             await migrate(engine)
-        writer = IngestWriter(engine, ids, batch_max=settings.ingest_batch_max)
+        writer = IngestWriter(
+            engine,
+            ids,
+            batch_max=settings.ingest_batch_max,
+            # SQLite has one writer at a time; PostgreSQL inserts full batches side by side.
+            concurrency=1 if is_sqlite(engine) else 2,
+        )
         queue_pool = await create_pool(RedisSettings.from_dsn(redis_url))
         queue = DeliveryQueue(queue_pool)
         webhooks = WebhookService(engine, ids, queue, settings)

@@ -64,6 +64,7 @@ class IngestWriter:
         ids: IdGenerator,
         *,
         batch_max: int = 2000,
+        concurrency: int = 1,
         in_transaction: Sequence[InTransaction] = (),
         after_commit: Sequence[AfterCommit] = (),
     ) -> None:
@@ -77,10 +78,10 @@ class IngestWriter:
             max_batch=batch_max,
             weight=lambda pending: len(pending.events),
             then=self._run_after_commit,
+            concurrency=concurrency,
         )
-        # What the last batch owes once its callers are answered (Batcher runs batches
-        # one at a time, so one slot is enough).
-        self._after: list[AfterCommitAction] = []
+        # What each batch owes once its callers are answered, by batch.
+        self._after: dict[int, list[AfterCommitAction]] = {}
 
     def add_hooks(
         self,
@@ -108,12 +109,11 @@ class IngestWriter:
         results, stored, actions = await self._commit(batch)
         if stored:
             actions += [functools.partial(hook, stored) for hook in self._after_commit]
-        self._after = actions
+        self._after[id(batch)] = actions
         return results
 
-    async def _run_after_commit(self) -> None:
-        actions, self._after = self._after, []
-        for action in actions:
+    async def _run_after_commit(self, batch: list[_Pending]) -> None:
+        for action in self._after.pop(id(batch), []):
             try:
                 await action()
             except Exception:
