@@ -16,9 +16,10 @@ from starlette.routing import Route
 
 from gateway.api.responses import JSON, error
 from gateway.domain.events import Provider
-from gateway.providers.base import IngestRequest, PayloadError, SourceConfig
-from gateway.providers.registry import ADAPTERS, provider_named
+from gateway.providers.base import IngestRequest, PayloadError
+from gateway.providers.registry import provider_named
 from gateway.runtime import Services
+from gateway.services.ingest import parse_request
 from gateway.storage.accounts import SourceRecord
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ async def ingest(request: Request) -> Response:
     body = b""
     try:
         body = await _read_body(request, services.settings.max_body_bytes)
-        parsed = ADAPTERS[provider].parse(
+        parsed = parse_request(
+            provider,
             IngestRequest(
                 method=request.method,
                 body=body,
@@ -84,7 +86,7 @@ async def ingest(request: Request) -> Response:
                 route_event=route_event,
                 received_at=datetime.now(UTC),
             ),
-            SourceConfig(timezone=source.timezone, parameters=source.parameters),
+            source,
         )
     except PayloadError as problem:
         await _keep(services, request, source, body, problem)

@@ -26,6 +26,7 @@ from gateway.providers.base import IngestRequest, PayloadError, SourceConfig
 from gateway.providers.registry import ADAPTERS
 from gateway.storage import accounts as account_store
 from gateway.storage import events as event_store
+from gateway.storage.accounts import SourceRecord
 from gateway.storage.db import begin_write
 from gateway.storage.events import NewEvent
 
@@ -154,6 +155,15 @@ class IngestWriter:
         return results, stored_events, actions
 
 
+def parse_request(
+    provider: Provider, request: IngestRequest, source: SourceRecord
+) -> Sequence[NormalizedEvent]:
+    """``request``'s events, read by ``provider``'s adapter with ``source``'s settings;
+    PayloadError when it cannot be read."""
+    config = SourceConfig(timezone=source.timezone, parameters=source.parameters)
+    return ADAPTERS[provider].parse(request, config)
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayOutcome:
     """What replaying one kept request did: its events stored (or found already
@@ -172,9 +182,7 @@ class RejectedPayloads:
     quirk) and stores what it carries; dedupe keys make a second replay a no-op.
     """
 
-    def __init__(
-        self, engine: AsyncEngine, ids: IdGenerator, writer: IngestWriter | None = None
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, ids: IdGenerator, writer: IngestWriter) -> None:
         self._engine = engine
         self._ids = ids
         self._writer = writer
@@ -221,7 +229,6 @@ class RejectedPayloads:
     async def replay(self, account_id: int, rejected_id: int) -> ReplayOutcome | None:
         """Read a kept request again and store its events; None if the account has no
         such request."""
-        assert self._writer is not None, "replay needs the ingest writer"
         async with self._engine.connect() as connection:
             kept = await account_store.get_rejected(
                 connection, account_id=account_id, rejected_id=rejected_id
@@ -249,9 +256,7 @@ class RejectedPayloads:
             received_at=cast(datetime, kept["received_at"]),
         )
         try:
-            events = ADAPTERS[provider].parse(
-                request, SourceConfig(timezone=source.timezone, parameters=source.parameters)
-            )
+            events = parse_request(provider, request, source)
         except PayloadError as problem:
             return ReplayOutcome(kept, None, problem.message)
         result = await self._writer.write(account_id, source.id, events)
