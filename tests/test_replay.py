@@ -115,7 +115,7 @@ async def test_paging_and_bad_arguments_name_the_field(
         api, "query($b: ID) { rejectedPayloads(before: $b) { id } }", b=newest_first[1]["id"]
     )
     assert len(rest["rejectedPayloads"]) == 1
-    [error] = await gql_errors(api, "{ rejectedPayloads(first: 0) { id } }")
+    [error] = await gql_errors(api, "{ rejectedPayloads(first: -1) { id } }")
     assert error["extensions"]["field"] == "first"
     [error] = await gql_errors(api, 'mutation { replayRejectedPayload(id: "x") { stored } }')
     assert error["extensions"]["field"] == "id"

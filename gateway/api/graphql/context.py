@@ -48,3 +48,13 @@ def object_id(value: strawberry.ID, field: str) -> int:
         return int(value)
     except ValueError:
         raise user_error(InputError(field, f"{value!r} is not an id")) from None
+
+
+def page_size(services: Services, first: int | None) -> int:
+    """``first`` as a page size (the default when not given); an error naming it when
+    it is out of range."""
+    size = services.settings.default_page_size if first is None else first
+    limit = services.settings.max_page_size
+    if not 0 <= size <= limit:
+        raise user_error(InputError("first", f"must be between 0 and {limit}"))
+    return size

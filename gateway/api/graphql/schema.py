@@ -17,7 +17,7 @@ from strawberry.extensions import (
 )
 from strawberry.types import Info
 
-from gateway.api.graphql.context import Context, authorized, object_id, user_error
+from gateway.api.graphql.context import Context, authorized, object_id, page_size, user_error
 from gateway.api.graphql.subscriptions import SharedExecution, Subscription
 from gateway.api.graphql.types import (
     EVENT_TYPES,
@@ -81,13 +81,9 @@ class Query(WebhookQuery):
         before: strawberry.ID | None = None,
     ) -> list[RejectedPayload]:
         context = authorized(info)
-        settings = context.services.settings
-        size = settings.default_page_size if first is None else first
-        if not 1 <= size <= settings.max_page_size:
-            raise user_error(InputError("first", f"must be 1 to {settings.max_page_size}"))
         rows = await context.services.rejections.recent(
             context.account_id,
-            limit=size,
+            limit=page_size(context.services, first),
             before_id=None if before is None else object_id(before, "before"),
         )
         return [RejectedPayload.from_row(row) for row in rows]

@@ -7,7 +7,7 @@ from datetime import datetime
 import strawberry
 from strawberry.types import Info
 
-from gateway.api.graphql.context import Context, authorized, object_id, user_error
+from gateway.api.graphql.context import Context, authorized, object_id, page_size, user_error
 from gateway.api.graphql.types import Event, PageInfo, Parameter, ParameterInput, event_view
 from gateway.domain.events import EventType
 from gateway.domain.webhooks import (
@@ -118,10 +118,7 @@ class Webhook:
         status: DeliveryStatus | None = None,
     ) -> DeliveryConnection:
         context = authorized(info)
-        size = context.services.settings.default_page_size if first is None else first
-        limit = context.services.settings.max_page_size
-        if not 0 <= size <= limit:
-            raise user_error(InputError("first", f"must be between 0 and {limit}"))
+        size = page_size(context.services, first)
         try:
             before_id = decode_cursor(after, kind="delivery") if after else None
         except InputError as error:
