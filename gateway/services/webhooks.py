@@ -161,6 +161,7 @@ class WebhookService:
             )
         )
         async with begin_write(self._engine) as connection:
+            await store.lock_account_webhooks(connection, account_id)
             await store.add_webhook(connection, config)
         if config.backfill_days > 0:
             await self._queue.enqueue_backfill(config.id)
@@ -218,6 +219,7 @@ class WebhookService:
             config, enabled=True, disabled_reason=None, consecutive_failures=0, updated_at=now
         )
         async with begin_write(self._engine) as connection:
+            await store.lock_account_webhooks(connection, config.account_id)
             await store.save_webhook(connection, enabled)
             released = await store.release_held(connection, webhook_id=config.id, now=now)
         await self._queue.enqueue(released)

@@ -168,6 +168,8 @@ async def _insert_sqlite(
     return await cast(OneTripConnection, driver).run(write)
 
 
+WEBHOOKS_LOCK_PREFIX = "gateway:webhooks:"  # advisory lock key of an account's web hooks
+
 # Events, their tag rows and tag counts in one PostgreSQL statement. The rows arrive as
 # one JSON document that PostgreSQL turns into records of the table's own row type: one
 # round trip and one prepared statement for a batch of any size, and next to no
@@ -175,10 +177,15 @@ async def _insert_sqlite(
 # statements). Tags and counts are written only for the events actually inserted (not
 # the duplicates). Events go in (account, dedupe key) order and counts in (account,
 # tag) order, so that concurrent writers (batches in flight at once, other replicas)
-# take those locks in one order and never deadlock over a retried event.
+# take those locks in one order and never deadlock over a retried event. The statement
+# also takes each account's web hook lock, shared (storage.webhooks.
+# lock_account_webhooks): the outbox reads the web hooks after it.
 _POSTGRESQL_INSERT = text(
     """
-    WITH inserted AS (
+    WITH locked AS MATERIALIZED (
+        SELECT pg_advisory_xact_lock_shared(hashtextextended(:lock_prefix || account_id, 0))
+        FROM unnest(CAST(:accounts AS bigint[])) AS account_id ORDER BY account_id
+    ), inserted AS (
         INSERT INTO events
         SELECT * FROM json_populate_recordset(NULL::events, CAST(:events AS json))
         ORDER BY account_id, dedupe_key
@@ -199,7 +206,7 @@ _POSTGRESQL_INSERT = text(
         GROUP BY account_id, tag ORDER BY account_id, tag
         ON CONFLICT (account_id, tag) DO UPDATE SET count = tag_counts.count + excluded.count
     )
-    SELECT id FROM inserted
+    SELECT inserted.id FROM inserted CROSS JOIN (SELECT count(*) FROM locked) AS held
     """
 )
 _TIMES = ("occurred_at", "sent_at", "received_at")
@@ -220,7 +227,12 @@ async def _insert_postgresql(
     ]
     result = await connection.execute(
         _POSTGRESQL_INSERT,
-        {"events": orjson.dumps(rows).decode(), "tags": orjson.dumps(tags).decode()},
+        {
+            "accounts": sorted({new.account_id for new in events}),
+            "lock_prefix": WEBHOOKS_LOCK_PREFIX,
+            "events": orjson.dumps(rows).decode(),
+            "tags": orjson.dumps(tags).decode(),
+        },
     )
     return {row[0] for row in result}
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,6 +22,7 @@ from gateway.domain.webhooks import (
     WebhookFormat,
 )
 from gateway.storage.db import dialect_insert
+from gateway.storage.events import WEBHOOKS_LOCK_PREFIX
 from gateway.storage.models import Delivery, DeliveryAttemptRow, Webhook
 
 webhooks_table = Webhook.__table__  # type: ignore[attr-defined]
@@ -431,3 +432,22 @@ async def attempts_for(
     for row in result.mappings():
         found[row["delivery_id"]].append(_attempt(row))
     return found
+
+
+async def lock_account_webhooks(connection: AsyncConnection, account_id: int) -> None:
+    """Wait for the account's in-flight group commits, and hold new ones back, until
+    this transaction ends (PostgreSQL; SQLite's single writer does it already).
+
+    A group commit reads the web hooks (the outbox) after its insert, which takes the
+    account's lock shared. A web hook created or enabled under this lock is therefore
+    either seen by a group commit, or committed after it: then its backfill (run after
+    commit) finds those events, and ``enableWebhook`` finds the deliveries they held.
+    Without it, an ingest that read the web hooks just before a new one committed and
+    committed its events just after that web hook's backfill read lost its delivery.
+    """
+    if connection.dialect.name != "postgresql":
+        return
+    await connection.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"{WEBHOOKS_LOCK_PREFIX}{account_id}"},
+    )
