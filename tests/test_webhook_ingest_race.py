@@ -1,49 +1,77 @@
-"""A web hook created while a group commit is in flight waits for it, so the events of
-that commit are either seen by the outbox or found by the web hook's backfill: none
-falls between the two. (PostgreSQL: the account's advisory lock; SQLite: the writer.)"""
+"""Web hook changes wait for the account's in-flight group commits, so an event being
+stored is either seen by the outbox or found afterwards: a web hook created meanwhile
+backfills it, and one deleted meanwhile takes its deliveries along instead of failing
+the batch. (PostgreSQL: the account's advisory lock; SQLite: the single writer.)"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
 from gateway.domain.events import EventType, NormalizedEvent, Provider
+from gateway.runtime import Services
 from gateway.services.accounts import CreatedAccount
 from gateway.storage.db import begin_write
 from gateway.storage.events import NewEvent, insert_events
 from tests.conftest import Gateway
 from tests.receiver import Receiver
+from tests.support import gql
 from tests.test_webhooks import create_webhook, settled
 
 
-async def test_a_web_hook_created_during_an_ingest_gets_its_events(
-    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient, receiver: Receiver
-) -> None:
-    services = gateway.services
-    endpoint = receiver.endpoint()
+async def during_an_open_ingest(
+    services: Services, account_id: int, email: str, change: Awaitable[Any]
+) -> Any:
+    """Start ``change`` while a group commit has stored an event for ``email`` but not
+    committed it; it must wait for the commit. Returns what ``change`` returned."""
     now = datetime.now(UTC)
     event = NormalizedEvent(
         type=EventType.DELIVERED,
         provider=Provider.BREVO,
         provider_event="delivered",
-        email="inflight@example.com",
+        email=email,
         occurred_at=now,
-        raw={"event": "delivered", "email": "inflight@example.com", "n": now.isoformat()},
+        raw={"event": "delivered", "email": email, "n": now.isoformat()},
     )
     async with begin_write(services.engine) as connection:
-        # An ingest transaction that has stored its event but not committed yet.
         await insert_events(
             connection,
-            events=[NewEvent(services.ids.next_id(), account.account_id, None, event)],
+            events=[NewEvent(services.ids.next_id(), account_id, None, event)],
             now=now,
         )
-        creating = asyncio.create_task(
-            create_webhook(api, url=endpoint.url, events=["DELIVERED"], backfillDays=1)
-        )
+        task = asyncio.ensure_future(change)
         await asyncio.sleep(0.5)
-        assert not creating.done(), "the web hook was created beside an open ingest"
-    webhook, _ = await asyncio.wait_for(creating, 10)
+        assert not task.done(), "the web hook changed beside an open ingest"
+    return await asyncio.wait_for(task, 10)
+
+
+async def test_a_web_hook_created_during_an_ingest_gets_its_events(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    endpoint = receiver.endpoint()
+    webhook, _ = await during_an_open_ingest(
+        gateway.services,
+        account.account_id,
+        "inflight@example.com",
+        create_webhook(api, url=endpoint.url, events=["DELIVERED"], backfillDays=1),
+    )
     [delivery] = await settled(api, webhook["id"], 1, {"SUCCEEDED"})
     assert delivery["event"]["email"] == "inflight@example.com"
+
+
+async def test_a_web_hook_deleted_during_an_ingest_waits_for_it(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    webhook, _ = await create_webhook(api, url=receiver.endpoint().url, events=["DELIVERED"])
+    deleted = await during_an_open_ingest(
+        gateway.services,
+        account.account_id,
+        "deleted@example.com",
+        gql(api, "mutation($id: ID!) { deleteWebhook(id: $id) }", id=webhook["id"]),
+    )
+    assert deleted["deleteWebhook"] is True
+    assert (await gql(api, "{ webhooks { id } }"))["webhooks"] == []

@@ -227,6 +227,9 @@ class WebhookService:
 
     async def delete(self, account_id: int, webhook_id: int) -> bool:
         async with begin_write(self._engine) as connection:
+            # An in-flight ingest may be writing deliveries for it: let it finish, or
+            # its whole batch fails on the foreign key.
+            await store.lock_account_webhooks(connection, account_id)
             return await store.delete_webhook(
                 connection, account_id=account_id, webhook_id=webhook_id
             )
