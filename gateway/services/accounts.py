@@ -19,7 +19,7 @@ from gateway.domain.events import Provider
 from gateway.ids import IdGenerator
 from gateway.providers import registry
 from gateway.storage import accounts as store
-from gateway.storage.accounts import SourceRecord
+from gateway.storage.accounts import KeyRecord, SourceRecord
 from gateway.storage.db import begin_write
 
 
@@ -159,6 +159,39 @@ class AccountService:
                 await store.add_source(connection, source=source, token_hash=hash_secret(token))
                 tokens[provider.value.lower()] = token
         return CreatedAccount(account_id, name, api_key, tokens)
+
+    async def create_api_key(self, account_id: int) -> tuple[KeyRecord, str]:
+        """Another key for the account (to rotate: create, switch, revoke the old)."""
+        api_key = new_secret("egw_")
+        record = KeyRecord(self._ids.next_id(), api_key[:8], datetime.now(UTC))
+        async with begin_write(self._engine) as connection:
+            await store.add_api_key(
+                connection,
+                key_id=record.id,
+                account_id=account_id,
+                key_hash=hash_secret(api_key),
+                prefix=record.prefix,
+                now=record.created_at,
+            )
+        return record, api_key
+
+    async def list_api_keys(self, account_id: int) -> list[KeyRecord]:
+        async with self._engine.connect() as connection:
+            return await store.list_api_keys(connection, account_id=account_id)
+
+    async def revoke_api_key(self, account_id: int, key_id: int) -> bool:
+        """Delete a key; False if the account has no such key. The last key stays: an
+        account without one could never be reached again. Other replicas may accept a
+        revoked key for up to GATEWAY_SOURCE_CACHE_SECONDS."""
+        async with begin_write(self._engine) as connection:
+            keys = await store.list_api_keys(connection, account_id=account_id)
+            if key_id not in {key.id for key in keys}:
+                return False
+            if len(keys) == 1:
+                raise InputError("id", "this is the account's last key: create another first")
+            await store.delete_api_key(connection, account_id=account_id, key_id=key_id)
+        self._keys.clear()
+        return True
 
     async def count_accounts(self) -> int:
         async with self._engine.connect() as connection:

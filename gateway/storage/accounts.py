@@ -73,6 +73,31 @@ async def add_api_key(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """An API key as it can be shown again: never the key, only its first characters."""
+
+    id: int
+    prefix: str
+    created_at: datetime
+
+
+async def list_api_keys(connection: AsyncConnection, *, account_id: int) -> list[KeyRecord]:
+    result = await connection.execute(
+        select(keys_table.c.id, keys_table.c.prefix, keys_table.c.created_at)
+        .where(keys_table.c.account_id == account_id)
+        .order_by(keys_table.c.id)
+    )
+    return [KeyRecord(row.id, row.prefix, row.created_at) for row in result]
+
+
+async def delete_api_key(connection: AsyncConnection, *, account_id: int, key_id: int) -> bool:
+    result = await connection.execute(
+        delete(keys_table).where(keys_table.c.account_id == account_id, keys_table.c.id == key_id)
+    )
+    return bool(result.rowcount)
+
+
 async def account_id_for_key(connection: AsyncConnection, key_hash: str) -> int | None:
     result = await connection.execute(
         select(keys_table.c.account_id).where(keys_table.c.key_hash == key_hash)

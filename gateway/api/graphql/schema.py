@@ -21,6 +21,8 @@ from gateway.api.graphql.context import Context, authorized, object_id, page_siz
 from gateway.api.graphql.subscriptions import SharedExecution, Subscription
 from gateway.api.graphql.types import (
     EVENT_TYPES,
+    ApiKey,
+    ApiKeyCreated,
     CreateIngestSourceInput,
     EventConnection,
     EventFilter,
@@ -71,6 +73,12 @@ class Query(WebhookQuery):
         records = await context.services.accounts.list_sources(context.account_id)
         return [IngestSource.from_record(record) for record in records]
 
+    @strawberry.field(description="The account's API keys (never the keys themselves).")
+    async def api_keys(self, info: Info[Context, None]) -> list[ApiKey]:
+        context = authorized(info)
+        records = await context.services.accounts.list_api_keys(context.account_id)
+        return [ApiKey.from_record(record) for record in records]
+
     @strawberry.field(
         description="Ingest requests that were refused (4xx), newest first, kept for replay."
     )
@@ -91,6 +99,28 @@ class Query(WebhookQuery):
 
 @strawberry.type
 class Mutation(WebhookMutation):
+    @strawberry.mutation(
+        description="Another API key for the account; the key is shown only here. To rotate "
+        "a key: create one, switch to it, revoke the old one."
+    )
+    async def create_api_key(self, info: Info[Context, None]) -> ApiKeyCreated:
+        context = authorized(info)
+        record, key = await context.services.accounts.create_api_key(context.account_id)
+        return ApiKeyCreated(api_key=ApiKey.from_record(record), key=key)
+
+    @strawberry.mutation(
+        description="True if the key existed; it stops working (on other replicas within "
+        "GATEWAY_SOURCE_CACHE_SECONDS). The account's last key cannot be revoked."
+    )
+    async def revoke_api_key(self, info: Info[Context, None], id: strawberry.ID) -> bool:
+        context = authorized(info)
+        try:
+            return await context.services.accounts.revoke_api_key(
+                context.account_id, object_id(id, "id")
+            )
+        except InputError as error:
+            raise user_error(error) from None
+
     @strawberry.mutation(
         description="Read a refused request again with its source's current settings and "
         "store its events (a second replay stores nothing new). Null if there is no such "

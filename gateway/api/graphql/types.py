@@ -13,7 +13,7 @@ from gateway.domain.query import EventFilter as DomainFilter
 from gateway.domain.query import StoredEvent
 from gateway.services.accounts import BasicAuth
 from gateway.services.events import EventPage, MessageTimeline, encode_cursor
-from gateway.storage.accounts import SourceRecord
+from gateway.storage.accounts import KeyRecord, SourceRecord
 
 strawberry.enum(EventType)
 strawberry.enum(Provider)
@@ -351,3 +351,22 @@ class ReplayResult:
     error: str | None = strawberry.field(
         description="Why the request still cannot be read (nothing was stored)."
     )
+
+
+@strawberry.type(description="An API key; the key itself is shown only when created.")
+class ApiKey:
+    id: strawberry.ID
+    prefix: str = strawberry.field(description="Its first characters, to tell keys apart.")
+    created_at: datetime
+
+    @classmethod
+    def from_record(cls, record: KeyRecord) -> ApiKey:
+        return cls(
+            id=strawberry.ID(str(record.id)), prefix=record.prefix, created_at=record.created_at
+        )
+
+
+@strawberry.type
+class ApiKeyCreated:
+    api_key: ApiKey
+    key: str = strawberry.field(description="Shown once: send it as Authorization: Bearer.")
