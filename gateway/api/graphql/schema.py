@@ -52,10 +52,12 @@ class Query(WebhookQuery):
     ) -> EventConnection:
         context = authorized(info)
         domain_filter = (where or EventFilter()).to_domain()
-        size = context.services.settings.default_page_size if first is None else first
         try:
             page = await context.services.events.page(
-                context.account_id, domain_filter, first=size, after=after
+                context.account_id,
+                domain_filter,
+                first=page_size(context.services, first),
+                after=after,
             )
         except InputError as error:
             raise user_error(error) from None
