@@ -289,12 +289,19 @@ class AccountService:
         ``remove_basic_auth`` drops them."""
         if basic_auth is not None and remove_basic_auth:
             raise InputError("basicAuth", "give new credentials or remove them, not both")
-        async with self._engine.connect() as connection:
-            found = await store.get_source(connection, account_id=account_id, source_id=source_id)
-        if found is None:
-            return None
-        # Hashed before the write lock is taken: scrypt takes a while.
-        username, password_hash = await _checked_basic_auth(Provider(found.provider), basic_auth)
+        username: str | None = None
+        password_hash: str | None = None
+        if basic_auth is not None:
+            # Hashed before the write lock is taken: scrypt takes a while.
+            async with self._engine.connect() as connection:
+                found = await store.get_source(
+                    connection, account_id=account_id, source_id=source_id
+                )
+            if found is None:
+                return None
+            username, password_hash = await _checked_basic_auth(
+                Provider(found.provider), basic_auth
+            )
         async with begin_write(self._engine) as connection:
             current = await store.get_source(connection, account_id=account_id, source_id=source_id)
             if current is None:
