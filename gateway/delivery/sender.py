@@ -67,11 +67,11 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
 
 def _excerpt(response: httpx.Response) -> str | None:
     """The start of a response's body as text, for the attempt log."""
-    charset = response.charset_encoding or "utf-8"
+    start = response.content[: EXCERPT_CHARS * 4]  # enough bytes for the characters
     try:
-        text = response.content[: EXCERPT_CHARS * 4].decode(charset, "replace")
+        text = start.decode(response.charset_encoding or "utf-8", "replace")
     except LookupError:  # a charset Python does not know
-        text = response.content[: EXCERPT_CHARS * 4].decode("utf-8", "replace")
+        text = start.decode("utf-8", "replace")
     return text[:EXCERPT_CHARS] or None
 
 

@@ -12,7 +12,7 @@ what SQLAlchemy reads afterwards (description, rowcount, lastrowid). Server-side
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -112,6 +112,3 @@ def connect(database: str, *args: Any, **kwargs: Any) -> OneTripConnection:
     connection: OneTripConnection = OneTripConnection(connector, iter_chunk_size=64)
     connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite's own connect
     return connection
-
-
-__all__: Sequence[str] = ("OneTripConnection", "OneTripCursor", "connect")
