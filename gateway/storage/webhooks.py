@@ -102,20 +102,29 @@ async def get_webhook(
     return None if row is None else _webhook(row)
 
 
+# Built once: every group commit asks, and building the clause (column comparison,
+# cache key) cost more than running it.
+_WEBHOOKS_OF_ACCOUNT = (
+    select(webhooks_table)
+    .where(webhooks_table.c.account_id == bindparam("account_id"))
+    .order_by(webhooks_table.c.id)
+)
+_WEBHOOKS_OF_ACCOUNTS = (
+    select(webhooks_table)
+    .where(webhooks_table.c.account_id.in_(bindparam("account_ids", expanding=True)))
+    .order_by(webhooks_table.c.id)
+)
+
+
 async def list_webhooks(
     connection: AsyncConnection, *, account_ids: Sequence[int]
 ) -> list[WebhookConfig]:
     accounts = list(account_ids)
-    # One account is the common case (every group commit asks): a plain comparison
-    # spares SQLAlchemy expanding an IN list on every call.
-    where = (
-        webhooks_table.c.account_id == accounts[0]
-        if len(accounts) == 1
-        else webhooks_table.c.account_id.in_(accounts)
-    )
-    result = await connection.execute(
-        select(webhooks_table).where(where).order_by(webhooks_table.c.id)
-    )
+    # One account is the common case: a plain comparison spares expanding an IN list.
+    if len(accounts) == 1:
+        result = await connection.execute(_WEBHOOKS_OF_ACCOUNT, {"account_id": accounts[0]})
+    else:
+        result = await connection.execute(_WEBHOOKS_OF_ACCOUNTS, {"account_ids": accounts})
     return [_webhook(row) for row in result.mappings()]
 
 
