@@ -40,15 +40,14 @@ async def running(pool: ArqRedis, ran: Counter[str], **options: Any) -> AsyncIte
         if name.startswith("retry") and ctx["job_try"] < 3:
             raise Retry(defer=0.01)
 
+    settings: dict[str, Any] = {"max_jobs": 5, "poll_delay": 0.01, **options}
     worker = GatewayWorker(
         functions=[func(job, name="job", max_tries=5)],
         redis_pool=pool,
         queue_name=QUEUE,
-        max_jobs=5,
-        poll_delay=0.01,
         keep_result=0,
         handle_signals=False,
-        **options,
+        **settings,
     )
     task = asyncio.create_task(worker.async_run())
     try:
@@ -79,6 +78,19 @@ async def test_every_job_runs_once_and_leaves_nothing_behind(pool: ArqRedis) -> 
     assert ran == Counter(names)
     assert await pool.keys(job_key_prefix + "*") == []
     assert await pool.keys(in_progress_key_prefix + "*") == []
+
+
+async def test_one_poll_runs_more_jobs_than_slots_as_slots_free_up(pool: ArqRedis) -> None:
+    # As arq's own worker: a poll goes through all the ids it read, waiting for free
+    # slots, instead of leaving what did not fit at once for the next poll.
+    ran: Counter[str] = Counter()
+    names = [f"p{i}" for i in range(12)]
+    for name in names:
+        await pool.enqueue_job("job", name, _job_id=name)
+    # One poll in the test's time: the next would come 60 s later.
+    async with running(pool, ran, poll_delay=60, queue_read_limit=20):
+        await until(lambda: sum(ran.values()) >= len(names), limit=5.0)
+    assert ran == Counter(names)
 
 
 async def test_a_job_another_worker_holds_or_not_yet_due_waits(pool: ArqRedis) -> None:
