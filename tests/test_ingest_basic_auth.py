@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 
-from gateway.services.accounts import basic_credentials, hash_password, password_matches
+from gateway.api.responses import basic_credentials
+from gateway.services.accounts import hash_password, password_matches
 from tests.conftest import Gateway
 from tests.support import body, brevo_event, gql, gql_errors
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.api.responses import JSON, error
+from gateway.api.responses import JSON, basic_credentials, error
 from gateway.domain.events import Provider
 from gateway.providers.base import IngestRequest, PayloadError
 from gateway.providers.registry import provider_named
@@ -61,7 +61,7 @@ async def ingest(request: Request) -> Response:
         return error(404, f"no {provider.value.lower()} ingest source has this token")
     # Like an unknown token, a request without the source's credentials is not kept.
     if not await services.accounts.basic_auth_accepted(
-        source, request.headers.get("authorization")
+        source, basic_credentials(request.headers.get("authorization"))
     ):
         services.metrics.inc("gateway_ingest_unauthorized_total", provider=provider.value)
         answer = error(

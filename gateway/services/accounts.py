@@ -77,19 +77,6 @@ def password_matches(password: str, stored: str) -> bool:
     return scheme == "scrypt" and hmac.compare_digest(computed, expected)
 
 
-def basic_credentials(header: str | None) -> tuple[str, str] | None:
-    """The (username, password) of an ``Authorization: Basic`` header, if that is one."""
-    scheme, _, encoded = (header or "").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    username, colon, password = decoded.partition(":")
-    return (username, password) if colon else None
-
-
 @dataclass(frozen=True, slots=True)
 class BasicAuth:
     """HTTP Basic credentials an ingest source requires (Brevo sends them from the
@@ -117,8 +104,8 @@ class AccountService:
         # token hash -> (source, fetched at). Ingest looks its source up on every
         # request; a short cache keeps that off the database. Local changes evict.
         self._sources: dict[str, tuple[SourceRecord | None, float]] = {}
-        # (source id, password hash, SHA-256 of the header) -> verified at. A provider
-        # sends the same header with every event; scrypt runs once per cache period.
+        # (source id, password hash, SHA-256 of the credentials) -> verified at. A
+        # provider sends the same ones with every event; scrypt runs once per cache period.
         self._verified: dict[tuple[int, str, str], float] = {}
         # Wrong passwords are not cached: at most two scrypt runs at a time, in threads,
         # however many bad requests arrive.
@@ -217,18 +204,19 @@ class AccountService:
         self._sources[token_hash] = (source, time.monotonic())
         return source
 
-    async def basic_auth_accepted(self, source: SourceRecord, header: str | None) -> bool:
-        """Whether a request's ``Authorization`` header satisfies ``source``; True when
-        the source requires no credentials."""
+    async def basic_auth_accepted(
+        self, source: SourceRecord, credentials: tuple[str, str] | None
+    ) -> bool:
+        """Whether a request's Basic (username, password) satisfies ``source``; True
+        when the source requires no credentials."""
         if source.basic_username is None or source.basic_password_hash is None:
             return True
-        credentials = basic_credentials(header)
         if credentials is None:
             return False
         username, password = credentials
         if not hmac.compare_digest(username.encode(), source.basic_username.encode()):
             return False
-        key = (source.id, source.basic_password_hash, hash_secret(header or ""))
+        key = (source.id, source.basic_password_hash, hash_secret(f"{username}:{password}"))
         verified = self._verified.get(key)
         if verified is not None and time.monotonic() - verified < self._cache_seconds:
             return True
