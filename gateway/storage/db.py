@@ -47,9 +47,31 @@ async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         async with engine.begin() as connection:
             yield connection
         return
-    lock = _write_locks.setdefault(engine.sync_engine, asyncio.Lock())
-    async with lock, engine.begin() as connection:
+    async with write_lock(engine), sqlite_connection(engine) as connection, connection.begin():
         yield connection
+
+
+def write_lock(engine: AsyncEngine) -> asyncio.Lock:
+    """The lock SQLite writers of this process take turns on (see begin_write)."""
+    return _write_locks.setdefault(engine.sync_engine, asyncio.Lock())
+
+
+@contextlib.asynccontextmanager
+async def sqlite_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """``engine.connect()`` for SQLite, without the wait SQLAlchemy's context adds.
+
+    SQLAlchemy's ``async with engine.connect()`` closes the connection in a task of its
+    own, so that a cancellation cannot abandon the close halfway; the caller then waits
+    for the event loop to come round to that task, which under load is a millisecond or
+    two after every other ready callback. Closing a SQLite connection here is a pool
+    check-in with nothing to send (no reset on return, and the transaction is already
+    committed or rolled back), so it completes inline and cannot be cut halfway.
+    """
+    connection = await engine.connect()
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -81,6 +103,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA cache_size=-65536")
+            # Temporary files in memory: a multi-row INSERT with constraints that may
+            # abort keeps a statement journal, and RETURNING its rows; as files they
+            # were an open, unlink and close per group commit, and their writes.
+            cursor.execute("PRAGMA temp_store=MEMORY")
             cursor.close()
 
         return engine
