@@ -27,8 +27,8 @@ from gateway.providers.registry import ADAPTERS
 from gateway.storage import accounts as account_store
 from gateway.storage import events as event_store
 from gateway.storage.accounts import SourceRecord
-from gateway.storage.db import begin_write
-from gateway.storage.events import NewEvent
+from gateway.storage.db import WalCheckpoints, begin_write, is_sqlite
+from gateway.storage.events import NewEvent, PreparedEvent, Probe
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,10 @@ class IngestResult:
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
-    account_id: int
-    source_id: int | None
-    events: Sequence[NormalizedEvent]
+    """One caller's events, numbered and prepared for the insert as they arrived."""
+
+    events: list[PreparedEvent]
+    received_at: datetime
 
 
 class IngestWriter:
@@ -66,13 +67,15 @@ class IngestWriter:
         *,
         batch_max: int = 2000,
         concurrency: int = 1,
-        in_transaction: Sequence[InTransaction] = (),
         after_commit: Sequence[AfterCommit] = (),
     ) -> None:
         self._engine = engine
         self._ids = ids
-        self._in_transaction = list(in_transaction)
+        self._in_transaction: list[InTransaction] = []
+        # Each in-transaction hook's probe; None once a hook without one is added.
+        self._probes: list[Probe] | None = []
         self._after_commit = list(after_commit)
+        self._checkpoints = WalCheckpoints(engine) if is_sqlite(engine) else None
         self._batcher: Batcher[_Pending, IngestResult] = Batcher(
             self._write_batch,
             name="ingest-writer",
@@ -88,15 +91,25 @@ class IngestWriter:
         self,
         *,
         in_transaction: InTransaction | None = None,
+        probe: Probe | None = None,
         after_commit: AfterCommit | None = None,
     ) -> None:
+        """``probe``, if given, says whether ``in_transaction`` has anything to do for
+        a batch's accounts; when no probe finds anything, a SQLite batch commits in
+        the same trip as its insert and the hooks are not called."""
         if in_transaction is not None:
             self._in_transaction.append(in_transaction)
+            if probe is None:
+                self._probes = None
+            elif self._probes is not None:
+                self._probes.append(probe)
         if after_commit is not None:
             self._after_commit.append(after_commit)
 
     async def stop(self) -> None:
         await self._batcher.close()
+        if self._checkpoints is not None:
+            await self._checkpoints.close()
 
     async def write(
         self, account_id: int, source_id: int | None, events: Sequence[NormalizedEvent]
@@ -104,7 +117,10 @@ class IngestWriter:
         """Store ``events`` for one account; returns once they are committed."""
         if not events:
             return IngestResult(0, 0, ())
-        return await self._batcher.submit(_Pending(account_id, source_id, events))
+        now = datetime.now(UTC)
+        new = [NewEvent(self._ids.next_id(), account_id, source_id, event) for event in events]
+        prepared = event_store.prepare_events(self._engine.dialect, new, now)
+        return await self._batcher.submit(_Pending(prepared, now))
 
     async def _write_batch(self, batch: list[_Pending]) -> list[IngestResult]:
         results, stored, actions = await self._commit(batch)
@@ -125,33 +141,34 @@ class IngestWriter:
     async def _commit(
         self, batch: Sequence[_Pending]
     ) -> tuple[list[IngestResult], list[StoredEvent], list[AfterCommitAction]]:
-        now = datetime.now(UTC)
-        numbered = [
-            [
-                NewEvent(self._ids.next_id(), pending.account_id, pending.source_id, event)
-                for event in pending.events
-            ]
-            for pending in batch
-        ]
         async with begin_write(self._engine) as connection:
-            stored = await event_store.insert_events(
-                connection, events=[new for group in numbered for new in group], now=now
+            inserted = await event_store.insert_prepared(
+                connection,
+                [prepared for pending in batch for prepared in pending.events],
+                commit_unless=self._probes,
             )
+            stored = inserted.stored
             stored_events = [
-                StoredEvent(new.id, new.account_id, now, new.event)
-                for group in numbered
-                for new in group
+                StoredEvent(new.id, new.account_id, pending.received_at, new.event)
+                for pending in batch
+                for new in (prepared.new for prepared in pending.events)
                 if new.id in stored
             ]
-            actions = [
-                action
-                for hook in self._in_transaction
-                if (action := await hook(connection, stored_events)) is not None
-            ]
+            actions = (
+                []
+                if inserted.committed
+                else [
+                    action
+                    for hook in self._in_transaction
+                    if (action := await hook(connection, stored_events)) is not None
+                ]
+            )
+        if inserted.checkpoint_owed and self._checkpoints is not None:
+            self._checkpoints.owed(len(stored))
         results = []
-        for group in numbered:
-            ids = tuple(new.id for new in group if new.id in stored)
-            results.append(IngestResult(len(ids), len(group) - len(ids), ids))
+        for pending in batch:
+            ids = tuple(prepared.new.id for prepared in pending.events if prepared.new.id in stored)
+            results.append(IngestResult(len(ids), len(pending.events) - len(ids), ids))
         return results, stored_events, actions
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.storage import sqlite_driver
+
+log = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -72,6 +75,43 @@ async def sqlite_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
         yield connection
     finally:
         await connection.close()
+
+
+class WalCheckpoints:
+    """Checkpoints for SQLite commits made with automatic checkpoints off.
+
+    A commit made on the event loop's thread (sqlite_driver.run_inline) must not run
+    SQLite's automatic checkpoint there: copying ~1,000 pages and syncing the file
+    would stop every request for as long as the disk takes. Those commits skip it, and
+    this runs a PASSIVE checkpoint in a pooled connection's thread instead, after every
+    ``every_events`` events so committed (~6 WAL pages each), one at a time. A passive
+    checkpoint never blocks writers or readers.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, every_events: int = 200) -> None:
+        self._engine = engine
+        self._every = every_events
+        self._owed = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def owed(self, events: int) -> None:
+        self._owed += events
+        if self._owed >= self._every and (self._task is None or self._task.done()):
+            self._owed = 0
+            self._task = asyncio.create_task(self._checkpoint(), name="sqlite-checkpoint")
+
+    async def _checkpoint(self) -> None:
+        try:
+            async with sqlite_connection(self._engine) as connection:
+                await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception:
+            # The next one copies what this one did not; commits never depend on it.
+            log.exception("SQLite checkpoint failed")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await self._task
+            self._task = None
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:

@@ -1,0 +1,206 @@
+"""SQLite group commits: a small batch with nothing else to write is inserted and
+committed on the event loop's thread, in one go, with no hand-off to the driver's
+thread; in-transaction hooks run only when their probe finds work; a failure leaves
+nothing behind; and checkpoints happen in a thread, never inside those commits."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.domain.events import EventType, NormalizedEvent, Provider
+from gateway.domain.query import StoredEvent
+from gateway.ids import IdGenerator
+from gateway.services.ingest import IngestWriter
+from gateway.storage import sqlite_driver
+from gateway.storage.db import WalCheckpoints, begin_write, make_engine, migrate
+from gateway.storage.events import NewEvent, insert_prepared, prepare_events
+
+ACCOUNT = 1
+_numbers = itertools.count()
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+    await migrate(engine)
+    async with begin_write(engine) as connection:
+        await connection.execute(
+            text("INSERT INTO accounts (id, name, created_at) VALUES (:id, 'a', :at)"),
+            {"id": ACCOUNT, "at": datetime.now(UTC)},
+        )
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every hand-off to a connection's thread (a spy: the call still goes through)."""
+    seen: list[str] = []
+    original = sqlite_driver.OneTripConnection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(fn, "__name__", repr(fn)))
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_driver.OneTripConnection, "_execute", counted)
+    return seen
+
+
+def events(count: int) -> list[NormalizedEvent]:
+    now = datetime.now(UTC)
+    return [
+        NormalizedEvent(
+            type=EventType.DELIVERED,
+            provider=Provider.BREVO,
+            provider_event="delivered",
+            email=f"user{n}@example.com",
+            occurred_at=now,
+            tags=("t",),
+            raw={"event": "delivered", "n": n, "padding": "x" * 600},
+        )
+        for n in (next(_numbers) for _ in range(count))
+    ]
+
+
+async def stored_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int((await connection.execute(text("SELECT count(*) FROM events"))).scalar_one())
+
+
+def never(_accounts: Sequence[int]) -> tuple[str, Sequence[Any]]:
+    return "SELECT 1 WHERE 0", []
+
+
+def always(_accounts: Sequence[int]) -> tuple[str, Sequence[Any]]:
+    return "SELECT 1", []
+
+
+class RecordingHook:
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    async def __call__(self, connection: AsyncConnection, stored: Sequence[StoredEvent]) -> None:
+        # It runs inside the batch's transaction: it sees the events, uncommitted.
+        count = (await connection.execute(text("SELECT count(*) FROM events"))).scalar_one()
+        assert count >= len(stored)
+        self.calls.append([event.id for event in stored])
+
+
+async def test_a_small_batch_is_committed_without_a_trip_to_the_thread(
+    engine: AsyncEngine, trips: list[str]
+) -> None:
+    hook = RecordingHook()
+    writer = IngestWriter(engine, IdGenerator(1))
+    writer.add_hooks(in_transaction=hook, probe=never)
+    try:
+        trips.clear()
+        result = await writer.write(ACCOUNT, None, events(3))
+        assert trips == []
+    finally:
+        await writer.stop()
+    assert result.stored == 3
+    assert hook.calls == []  # its probe found nothing to do
+    # Committed: another connection (another thread) sees the events.
+    assert await stored_count(engine) == 3
+
+
+async def test_hooks_run_in_the_transaction_when_a_probe_finds_work(engine: AsyncEngine) -> None:
+    hook = RecordingHook()
+    writer = IngestWriter(engine, IdGenerator(1))
+    writer.add_hooks(in_transaction=hook, probe=always)
+    try:
+        result = await writer.write(ACCOUNT, None, events(2))
+    finally:
+        await writer.stop()
+    assert hook.calls == [list(result.ids)]
+    assert await stored_count(engine) == 2
+
+
+async def test_a_hook_without_a_probe_always_runs(engine: AsyncEngine) -> None:
+    hook = RecordingHook()
+    writer = IngestWriter(engine, IdGenerator(1))
+    writer.add_hooks(in_transaction=RecordingHook(), probe=never)
+    writer.add_hooks(in_transaction=hook)
+    try:
+        result = await writer.write(ACCOUNT, None, events(2))
+    finally:
+        await writer.stop()
+    assert hook.calls == [list(result.ids)]
+
+
+async def test_a_failed_batch_leaves_nothing_and_the_next_one_is_stored(
+    engine: AsyncEngine,
+) -> None:
+    def broken(_accounts: Sequence[int]) -> tuple[str, Sequence[Any]]:
+        return "SELECT * FROM no_such_table", []
+
+    failing = IngestWriter(engine, IdGenerator(1))
+    failing.add_hooks(in_transaction=RecordingHook(), probe=broken)
+    try:
+        # The probe runs after the inserts, in the same transaction.
+        with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+            await failing.write(ACCOUNT, None, events(4))
+    finally:
+        await failing.stop()
+    assert await stored_count(engine) == 0
+    writer = IngestWriter(engine, IdGenerator(2))
+    try:
+        assert (await writer.write(ACCOUNT, None, events(4))).stored == 4
+    finally:
+        await writer.stop()
+    assert await stored_count(engine) == 4
+
+
+async def test_inline_commits_leave_checkpoints_to_a_thread(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    database = tmp_path / "gateway.db"
+    wal = tmp_path / "gateway.db-wal"
+    async with engine.connect() as connection:
+        await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = database.stat().st_size
+    ids = IdGenerator(1)
+    for _ in range(40):  # well over SQLite's 1,000-page automatic checkpoint
+        new = [NewEvent(ids.next_id(), ACCOUNT, None, event) for event in events(16)]
+        async with begin_write(engine) as connection:
+            inserted = await insert_prepared(
+                connection,
+                prepare_events(connection.dialect, new, datetime.now(UTC)),
+                commit_unless=[],
+            )
+        assert inserted.committed and inserted.checkpoint_owed
+    assert wal.stat().st_size > 1000 * 4096
+    # Every page is still in the WAL: no commit ran a checkpoint.
+    assert database.stat().st_size == size
+
+    checkpoints = WalCheckpoints(engine, every_events=640)
+    checkpoints.owed(639)
+    await checkpoints.close()
+    assert database.stat().st_size == size  # not yet owed enough
+    checkpoints.owed(1)
+    await checkpoints.close()
+    assert database.stat().st_size > size + 640 * 600
+    assert await stored_count(engine) == 640
+
+
+async def test_a_large_batch_commits_in_one_trip_to_the_thread(
+    engine: AsyncEngine, trips: list[str]
+) -> None:
+    ids = IdGenerator(1)
+    new = [NewEvent(ids.next_id(), ACCOUNT, None, event) for event in events(200)]
+    async with begin_write(engine) as connection:
+        prepared = prepare_events(connection.dialect, new, datetime.now(UTC))
+        trips.clear()
+        inserted = await insert_prepared(connection, prepared, commit_unless=[never])
+        assert inserted.committed and not inserted.checkpoint_owed
+    assert trips == ["write"]  # the begin_write's own commit had nothing left to do
+    assert await stored_count(engine) == 200
