@@ -17,6 +17,8 @@ import pytest
 import redis
 from starlette.responses import Response
 
+from gateway.ids import NODE_COUNT
+from gateway.runtime import NODE_SEQUENCE_KEY
 from gateway.settings import async_database_url
 from gateway.storage.db import make_engine, migrate
 from tests.conftest import Gateway, serve, settings_for
@@ -30,7 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def worker_redis(redis_url: str) -> str:
     url = redis_url.rsplit("/", 1)[0] + "/11"
-    redis.Redis.from_url(url).flushdb()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    # Node numbers come from this Redis, but the session's PostgreSQL gateway (another
+    # Redis) shares the database and sweeps its outbox: start far from its numbers, or
+    # two processes could make the same ids (a delivery attempt's, seen in CI).
+    client.set(NODE_SEQUENCE_KEY, NODE_COUNT // 2)
     return url
 
 
