@@ -29,6 +29,7 @@ from gateway.app import create_app
 from gateway.runtime import Services
 from gateway.services.accounts import CreatedAccount
 from gateway.settings import Settings
+from gateway.storage import sqlite_driver
 from tests.receiver import Receiver
 
 POSTGRES_ADMIN_DSN = os.environ.get(
@@ -193,3 +194,18 @@ async def account(gateway: Gateway) -> CreatedAccount:
 async def api(gateway: Gateway, account: CreatedAccount) -> AsyncIterator[httpx.AsyncClient]:
     async with gateway.client(account.api_key) as client:
         yield client
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every hand-off to a SQLite connection's thread, by the function sent (a spy:
+    the call still goes through)."""
+    seen: list[str] = []
+    original = sqlite_driver.OneTripConnection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(fn, "__name__", repr(fn)))
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_driver.OneTripConnection, "_execute", counted)
+    return seen

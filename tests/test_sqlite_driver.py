@@ -26,21 +26,6 @@ async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-@pytest.fixture
-def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every hand-off to a connection's thread, by the function sent (a spy: the call
-    still goes through)."""
-    seen: list[str] = []
-    original = sqlite_driver.OneTripConnection._execute
-
-    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(getattr(fn, "__name__", repr(fn)))
-        return await original(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(sqlite_driver.OneTripConnection, "_execute", counted)
-    return seen
-
-
 async def test_the_engine_uses_the_one_trip_driver(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
         raw = await connection.get_raw_connection()

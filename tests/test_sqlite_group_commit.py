@@ -20,7 +20,6 @@ from gateway.domain.events import EventType, NormalizedEvent, Provider
 from gateway.domain.query import StoredEvent
 from gateway.ids import IdGenerator
 from gateway.services.ingest import IngestWriter
-from gateway.storage import sqlite_driver
 from gateway.storage.db import WalCheckpoints, begin_write, make_engine, migrate
 from gateway.storage.events import NewEvent, insert_prepared, prepare_events
 
@@ -39,20 +38,6 @@ async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
         )
     yield engine
     await engine.dispose()
-
-
-@pytest.fixture
-def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every hand-off to a connection's thread (a spy: the call still goes through)."""
-    seen: list[str] = []
-    original = sqlite_driver.OneTripConnection._execute
-
-    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(getattr(fn, "__name__", repr(fn)))
-        return await original(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(sqlite_driver.OneTripConnection, "_execute", counted)
-    return seen
 
 
 def events(count: int) -> list[NormalizedEvent]:

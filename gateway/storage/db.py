@@ -47,10 +47,10 @@ async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     needs no such thing.
     """
     if not is_sqlite(engine):
-        async with engine.begin() as connection:
+        async with open_connection(engine) as connection, connection.begin():
             yield connection
         return
-    async with write_lock(engine), sqlite_connection(engine) as connection, connection.begin():
+    async with write_lock(engine), open_connection(engine) as connection, connection.begin():
         yield connection
 
 
@@ -60,15 +60,16 @@ def write_lock(engine: AsyncEngine) -> asyncio.Lock:
 
 
 @contextlib.asynccontextmanager
-async def sqlite_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """``engine.connect()`` for SQLite, without the wait SQLAlchemy's context adds.
+async def open_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """``engine.connect()``, without the wait SQLAlchemy's context adds on exit.
 
     SQLAlchemy's ``async with engine.connect()`` closes the connection in a task of its
     own, so that a cancellation cannot abandon the close halfway; the caller then waits
     for the event loop to come round to that task, which under load is a millisecond or
-    two after every other ready callback. Closing a SQLite connection here is a pool
-    check-in with nothing to send (no reset on return, and the transaction is already
-    committed or rolled back), so it completes inline and cannot be cut halfway.
+    two after every other ready callback. Once its transaction has been committed or
+    rolled back, closing is a pool check-in with nothing to send (SQLite: no reset on
+    return; PostgreSQL: the pool skips its reset after a finished transaction), so it
+    completes here, at once.
     """
     connection = await engine.connect()
     try:
@@ -102,7 +103,7 @@ class WalCheckpoints:
 
     async def _checkpoint(self) -> None:
         try:
-            async with sqlite_connection(self._engine) as connection:
+            async with open_connection(self._engine) as connection:
                 await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
         except Exception:
             # The next one copies what this one did not; commits never depend on it.
