@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-import functools
 import sqlite3
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,24 +107,35 @@ def prepare_events(
         return [
             PreparedEvent(new, orjson.dumps(row)) for new, row in zip(events, rows, strict=True)
         ]
-    columns = _bind_processors(dialect)
-    return [
-        PreparedEvent(
-            new,
-            tuple(process(row[name]) if process else row[name] for name, process in columns),
+    names, processors = _sqlite_binding(dialect)
+    prepared = []
+    for new, row in zip(events, rows, strict=True):
+        values = [row[name] for name in names]
+        for index, process in processors:
+            values[index] = process(values[index])
+        prepared.append(PreparedEvent(new, tuple(values)))
+    return prepared
+
+
+_Binding = tuple[list[str], list[tuple[int, Callable[[Any], Any]]]]
+_bindings: weakref.WeakKeyDictionary[Dialect, _Binding] = weakref.WeakKeyDictionary()
+
+
+def _sqlite_binding(dialect: Dialect) -> _Binding:
+    """The events table's columns in order, and SQLAlchemy's bind processor of each
+    column that has one (the times): values are stored as SQLAlchemy would."""
+    binding = _bindings.get(dialect)
+    if binding is None:
+        columns = list(events_table.c)
+        binding = _bindings[dialect] = (
+            [column.name for column in columns],
+            [
+                (index, process)
+                for index, column in enumerate(columns)
+                if (process := column.type.dialect_impl(dialect).bind_processor(dialect))
+            ],
         )
-        for new, row in zip(events, rows, strict=True)
-    ]
-
-
-@functools.cache
-def _bind_processors(dialect: Dialect) -> list[tuple[str, Callable[[Any], Any] | None]]:
-    """(column, SQLAlchemy's bind processor) for the events table: values are stored
-    exactly as SQLAlchemy would store them."""
-    return [
-        (column.name, column.type.dialect_impl(dialect).bind_processor(dialect))
-        for column in events_table.c
-    ]
+    return binding
 
 
 # Raw SQL and its parameters that return a row when the in-transaction hooks have
