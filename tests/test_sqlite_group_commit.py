@@ -5,6 +5,7 @@ nothing behind; and checkpoints happen in a thread, never inside those commits."
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -189,3 +190,30 @@ async def test_a_large_batch_commits_in_one_trip_to_the_thread(
         assert inserted.committed and not inserted.checkpoint_owed
     assert trips == ["write"]  # the begin_write's own commit had nothing left to do
     assert await stored_count(engine) == 200
+
+
+async def test_a_batch_waits_for_another_process_lock_off_the_loop(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Another process (here: another connection) holds the write lock: the batch
+    waits for it in the driver's thread, and the event loop keeps running meanwhile."""
+    other = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    writer = IngestWriter(engine, IdGenerator(1))
+    writer.add_hooks(in_transaction=RecordingHook(), probe=never)
+    try:
+        write = asyncio.create_task(writer.write(ACCOUNT, None, events(2)))
+        ticks: list[float] = []
+        loop = asyncio.get_running_loop()
+        while len(ticks) < 30:
+            ticks.append(loop.time())
+            await asyncio.sleep(0.01)
+        assert not write.done()  # still waiting for the lock
+        other.execute("COMMIT")
+        assert (await asyncio.wait_for(write, 10)).stored == 2
+    finally:
+        other.close()
+        await writer.stop()
+    # The loop was never held up while the batch waited (a blocked loop: 0.3 s at once).
+    assert max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 0.1
+    assert await stored_count(engine) == 2

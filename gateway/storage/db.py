@@ -34,6 +34,9 @@ def dialect_insert(connection: AsyncConnection, table: Any) -> Any:
     return sqlite.insert(table)
 
 
+# How long a SQLite writer waits for another process's write lock before failing.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
 _write_locks: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
@@ -141,7 +144,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             # NORMAL is durable across process crashes in WAL mode; only a power cut
             # may lose the last transactions, the usual trade for an embedded store.
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA cache_size=-65536")
             # Temporary files in memory: a multi-row INSERT with constraints that may

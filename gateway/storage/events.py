@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from gateway.domain.events import (
     dedupe_key,
 )
 from gateway.domain.query import EventFilter, StoredEvent, bare_message_id, email_key
+from gateway.storage.db import SQLITE_BUSY_TIMEOUT_MS
 from gateway.storage.models import EventRow, EventTag, TagCount
 from gateway.storage.sqlite_driver import OneTripConnection
 
@@ -231,9 +233,16 @@ async def _insert_sqlite(
     accounts = sorted({prepared.new.account_id for prepared in events})
     inline = len(events) <= _SQLITE_INLINE_MAX
 
-    def write(sqlite: sqlite3.Connection) -> Inserted:
+    def write(sqlite: sqlite3.Connection, *, on_loop: bool = False) -> Inserted | None:
         """Events, then tags and counts for those stored, then the commit if nothing
-        else is to join the transaction: one trip to the thread, or none."""
+        else is to join the transaction: one trip to the thread, or none (``on_loop``).
+
+        On the loop, nothing may wait: None, without writing anything, when the write
+        lock is not to be had at once (another process holds it) or the caller's
+        transaction is already open (it may not hold the lock yet).
+        """
+        if on_loop and (sqlite.in_transaction or not _begin_at_once(sqlite)):
+            return None
         stored: set[int] = set()
         for statement, parameters in chunks:
             stored.update(row[0] for row in sqlite.execute(statement, parameters).fetchall())
@@ -256,7 +265,7 @@ async def _insert_sqlite(
             stored and any(sqlite.execute(*probe(accounts)).fetchone() for probe in commit_unless)
         ):
             return Inserted(stored)
-        if not inline:
+        if not on_loop:
             sqlite.commit()
             return Inserted(stored, committed=True)
         # Not on the event loop: see db.WalCheckpoints.
@@ -270,8 +279,27 @@ async def _insert_sqlite(
     # The driver connection under this transaction: its statements join it.
     driver = cast(OneTripConnection, (await connection.get_raw_connection()).driver_connection)
     if inline:
-        return driver.run_inline(write)
-    return await driver.run(write)
+        done = driver.run_inline(functools.partial(write, on_loop=True))
+        if done is not None:
+            return done
+    inserted = await driver.run(write)
+    assert inserted is not None  # only work on the loop gives up
+    return inserted
+
+
+def _begin_at_once(sqlite: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE (take the write lock) without waiting; False if another process
+    holds the lock."""
+    sqlite.execute("PRAGMA busy_timeout=0")
+    try:
+        sqlite.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as problem:
+        if problem.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            raise
+        return False
+    finally:
+        sqlite.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    return True
 
 
 WEBHOOKS_LOCK_PREFIX = "gateway:webhooks:"  # advisory lock key of an account's web hooks
