@@ -12,7 +12,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, result_key_prefix
@@ -280,10 +279,8 @@ class WebhookService:
 
     # -- the outbox ----------------------------------------------------------------
 
-    @staticmethod
-    def outbox_probe(account_ids: Sequence[int]) -> tuple[str, Sequence[Any]]:
-        """write_outbox's probe (IngestWriter.add_hooks): has any account a web hook?"""
-        return store.any_webhook_probe(account_ids)
+    # write_outbox's probe (IngestWriter.add_hooks): has any of the accounts a web hook?
+    outbox_probe = staticmethod(store.any_webhook_probe)
 
     async def write_outbox(
         self, connection: AsyncConnection, stored: Sequence[StoredEvent]
