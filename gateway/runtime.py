@@ -115,7 +115,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         queue_pool = await create_pool(RedisSettings.from_dsn(redis_url))
         queue = DeliveryQueue(queue_pool)
         webhooks = WebhookService(engine, ids, queue, settings)
-        writer.add_hooks(in_transaction=webhooks.write_outbox, probe=webhooks.outbox_probe)
+        writer.add_hooks(in_transaction=webhooks.write_outbox, work_in=webhooks.outbox_work_table)
         http = make_http_client(settings)
         metrics = Metrics()
         events = EventQueries(engine, max_page_size=settings.max_page_size)

@@ -1,6 +1,6 @@
 """SQLite group commits: a small batch with nothing else to write is inserted and
 committed on the event loop's thread, in one go, with no hand-off to the driver's
-thread; in-transaction hooks run only when their probe finds work; a failure leaves
+thread; in-transaction hooks run only when their work table has rows of the batch's accounts; a failure leaves
 nothing behind; and checkpoints happen in a thread, never inside those commits."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -62,12 +61,9 @@ async def stored_count(engine: AsyncEngine) -> int:
         return int((await connection.execute(text("SELECT count(*) FROM events"))).scalar_one())
 
 
-def never(_accounts: Sequence[int]) -> tuple[str, Sequence[Any]]:
-    return "SELECT 1 WHERE 0", []
-
-
-def always(_accounts: Sequence[int]) -> tuple[str, Sequence[Any]]:
-    return "SELECT 1", []
+# Work tables: the account has no web hooks; every stored event is a row of its own.
+NEVER = "webhooks"
+ALWAYS = "events"
 
 
 class RecordingHook:
@@ -86,7 +82,7 @@ async def test_a_small_batch_is_committed_without_a_trip_to_the_thread(
 ) -> None:
     hook = RecordingHook()
     writer = IngestWriter(engine, IdGenerator(1))
-    writer.add_hooks(in_transaction=hook, probe=never)
+    writer.add_hooks(in_transaction=hook, work_in=NEVER)
     try:
         trips.clear()
         result = await writer.write(ACCOUNT, None, events(3))
@@ -94,15 +90,17 @@ async def test_a_small_batch_is_committed_without_a_trip_to_the_thread(
     finally:
         await writer.stop()
     assert result.stored == 3
-    assert hook.calls == []  # its probe found nothing to do
+    assert hook.calls == []  # its work table had no rows of the account
     # Committed: another connection (another thread) sees the events.
     assert await stored_count(engine) == 3
 
 
-async def test_hooks_run_in_the_transaction_when_a_probe_finds_work(engine: AsyncEngine) -> None:
+async def test_hooks_run_in_the_transaction_when_their_work_table_has_rows(
+    engine: AsyncEngine,
+) -> None:
     hook = RecordingHook()
     writer = IngestWriter(engine, IdGenerator(1))
-    writer.add_hooks(in_transaction=hook, probe=always)
+    writer.add_hooks(in_transaction=hook, work_in=ALWAYS)
     try:
         result = await writer.write(ACCOUNT, None, events(2))
     finally:
@@ -111,10 +109,10 @@ async def test_hooks_run_in_the_transaction_when_a_probe_finds_work(engine: Asyn
     assert await stored_count(engine) == 2
 
 
-async def test_a_hook_without_a_probe_always_runs(engine: AsyncEngine) -> None:
+async def test_a_hook_without_a_work_table_always_runs(engine: AsyncEngine) -> None:
     hook = RecordingHook()
     writer = IngestWriter(engine, IdGenerator(1))
-    writer.add_hooks(in_transaction=RecordingHook(), probe=never)
+    writer.add_hooks(in_transaction=RecordingHook(), work_in=NEVER)
     writer.add_hooks(in_transaction=hook)
     try:
         result = await writer.write(ACCOUNT, None, events(2))
@@ -126,13 +124,10 @@ async def test_a_hook_without_a_probe_always_runs(engine: AsyncEngine) -> None:
 async def test_a_failed_batch_leaves_nothing_and_the_next_one_is_stored(
     engine: AsyncEngine,
 ) -> None:
-    def broken(_accounts: Sequence[int]) -> tuple[str, Sequence[Any]]:
-        return "SELECT * FROM no_such_table", []
-
     failing = IngestWriter(engine, IdGenerator(1))
-    failing.add_hooks(in_transaction=RecordingHook(), probe=broken)
+    failing.add_hooks(in_transaction=RecordingHook(), work_in="no_such_table")
     try:
-        # The probe runs after the inserts, in the same transaction.
+        # The work table is read after the inserts, in the same transaction.
         with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
             await failing.write(ACCOUNT, None, events(4))
     finally:
@@ -186,7 +181,7 @@ async def test_a_large_batch_commits_in_one_trip_to_the_thread(
     async with begin_write(engine) as connection:
         prepared = prepare_events(connection.dialect, new, datetime.now(UTC))
         trips.clear()
-        inserted = await insert_prepared(connection, prepared, commit_unless=[never])
+        inserted = await insert_prepared(connection, prepared, commit_unless=[NEVER])
         assert inserted.committed and not inserted.checkpoint_owed
     assert trips == ["write"]  # the begin_write's own commit had nothing left to do
     assert await stored_count(engine) == 200
@@ -200,7 +195,7 @@ async def test_a_batch_waits_for_another_process_lock_off_the_loop(
     other = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     writer = IngestWriter(engine, IdGenerator(1))
-    writer.add_hooks(in_transaction=RecordingHook(), probe=never)
+    writer.add_hooks(in_transaction=RecordingHook(), work_in=NEVER)
     try:
         write = asyncio.create_task(writer.write(ACCOUNT, None, events(2)))
         ticks: list[float] = []

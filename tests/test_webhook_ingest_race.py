@@ -17,6 +17,7 @@ from gateway.runtime import Services
 from gateway.services.accounts import CreatedAccount
 from gateway.storage.db import begin_write
 from gateway.storage.events import NewEvent, insert_events
+from gateway.storage.webhooks import lock_account_webhooks
 from tests.conftest import Gateway
 from tests.receiver import Receiver
 from tests.support import gql
@@ -75,3 +76,38 @@ async def test_a_web_hook_deleted_during_an_ingest_waits_for_it(
     )
     assert deleted["deleteWebhook"] is True
     assert (await gql(api, "{ webhooks { id } }"))["webhooks"] == []
+
+
+async def test_an_ingest_that_waited_for_a_new_web_hook_writes_its_delivery(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    """The other order: the ingest arrives while a web hook is being created, waits for
+    it, and then must see it. On PostgreSQL the group commit of an account with no web
+    hooks is one statement, whose own snapshot predates the web hook's commit; only
+    the guard's read after the lock (migration 0005) finds it. The web hook backfills
+    nothing, so its delivery can only come from the ingest's outbox."""
+    services = gateway.services
+    event = NormalizedEvent(
+        type=EventType.DELIVERED,
+        provider=Provider.BREVO,
+        provider_event="delivered",
+        email="waited@example.com",
+        occurred_at=datetime.now(UTC),
+        raw={"event": "delivered", "email": "waited@example.com"},
+    )
+    async with begin_write(services.engine) as connection:
+        # Something else holds the account's web hook lock: both wait for it, the web
+        # hook's creation first.
+        await lock_account_webhooks(connection, account.account_id)
+        creating = asyncio.ensure_future(
+            create_webhook(api, url=receiver.endpoint().url, events=["DELIVERED"])
+        )
+        await asyncio.sleep(0.3)
+        ingesting = asyncio.ensure_future(services.writer.write(account.account_id, None, [event]))
+        await asyncio.sleep(0.3)
+        assert not creating.done() and not ingesting.done()
+    webhook, _ = await asyncio.wait_for(creating, 10)
+    result = await asyncio.wait_for(ingesting, 10)
+    assert result.stored == 1
+    [delivery] = await settled(api, webhook["id"], 1, {"SUCCEEDED"})
+    assert delivery["event"]["email"] == "waited@example.com"

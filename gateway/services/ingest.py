@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,10 +28,14 @@ from gateway.providers.registry import ADAPTERS
 from gateway.storage import accounts as account_store
 from gateway.storage import events as event_store
 from gateway.storage.accounts import SourceRecord
-from gateway.storage.db import WalCheckpoints, begin_write, is_sqlite
-from gateway.storage.events import NewEvent, PreparedEvent, Probe
+from gateway.storage.db import WalCheckpoints, begin_write, is_sqlite, open_connection
+from gateway.storage.events import Inserted, NewEvent, PreparedEvent
 
 log = logging.getLogger(__name__)
+
+# How long an account whose batch found work for the in-transaction hooks (it has web
+# hooks) skips the one-statement insert: each refusal costs that statement's round trip.
+_REFUSED_FOR_S = 60.0
 
 # Called inside the transaction with the events just stored (the outbox: deliveries are
 # written with their events or not at all); what it returns is run after commit
@@ -72,8 +77,12 @@ class IngestWriter:
         self._engine = engine
         self._ids = ids
         self._in_transaction: list[InTransaction] = []
-        # Each in-transaction hook's probe; None once a hook without one is added.
-        self._probes: list[Probe] | None = []
+        # Each in-transaction hook's work table; None once a hook without one is added.
+        self._work_tables: list[str] | None = []
+        # PostgreSQL: accounts whose last one-statement insert was refused (they have
+        # work), by when to try that again; until then they go straight to a
+        # transaction.
+        self._refused: dict[int, float] = {}
         self._after_commit = list(after_commit)
         self._checkpoints = WalCheckpoints(engine) if is_sqlite(engine) else None
         self._batcher: Batcher[_Pending, IngestResult] = Batcher(
@@ -91,18 +100,19 @@ class IngestWriter:
         self,
         *,
         in_transaction: InTransaction | None = None,
-        probe: Probe | None = None,
+        work_in: str | None = None,
         after_commit: AfterCommit | None = None,
     ) -> None:
-        """``probe``, if given, says whether ``in_transaction`` has anything to do for
-        a batch's accounts; when no probe finds anything, a SQLite batch commits in
-        the same trip as its insert and the hooks are not called."""
+        """``work_in``, if given, names the table whose rows of an account mean that
+        ``in_transaction`` has something to do for that account's events (the outbox:
+        ``webhooks``). A batch none of whose accounts has rows in any work table is
+        committed with its insert, in the same trip, and the hooks are not called."""
         if in_transaction is not None:
             self._in_transaction.append(in_transaction)
-            if probe is None:
-                self._probes = None
-            elif self._probes is not None:
-                self._probes.append(probe)
+            if work_in is None:
+                self._work_tables = None
+            elif self._work_tables is not None:
+                self._work_tables.append(work_in)
         if after_commit is not None:
             self._after_commit.append(after_commit)
 
@@ -141,28 +151,22 @@ class IngestWriter:
     async def _commit(
         self, batch: Sequence[_Pending]
     ) -> tuple[list[IngestResult], list[StoredEvent], list[AfterCommitAction]]:
-        async with begin_write(self._engine) as connection:
-            inserted = await event_store.insert_prepared(
-                connection,
-                [prepared for pending in batch for prepared in pending.events],
-                commit_unless=self._probes,
-            )
-            stored = inserted.stored
-            stored_events = [
-                StoredEvent(new.id, new.account_id, pending.received_at, new.event)
-                for pending in batch
-                for new in (prepared.new for prepared in pending.events)
-                if new.id in stored
-            ]
-            actions = (
-                []
-                if inserted.committed
-                else [
-                    action
-                    for hook in self._in_transaction
-                    if (action := await hook(connection, stored_events)) is not None
-                ]
-            )
+        events = [prepared for pending in batch for prepared in pending.events]
+        actions: list[AfterCommitAction] = []
+        inserted = await self._insert_alone(events)
+        if inserted is None:
+            async with begin_write(self._engine) as connection:
+                inserted = await event_store.insert_prepared(
+                    connection, events, commit_unless=self._work_tables
+                )
+                stored_events = self._stored_events(batch, inserted.stored)
+                if not inserted.committed:
+                    for hook in self._in_transaction:
+                        if (action := await hook(connection, stored_events)) is not None:
+                            actions.append(action)
+        else:
+            stored_events = self._stored_events(batch, inserted.stored)
+        stored = inserted.stored
         if inserted.checkpoint_owed and self._checkpoints is not None:
             self._checkpoints.owed(len(stored))
         results = []
@@ -170,6 +174,35 @@ class IngestWriter:
             ids = tuple(prepared.new.id for prepared in pending.events if prepared.new.id in stored)
             results.append(IngestResult(len(ids), len(pending.events) - len(ids), ids))
         return results, stored_events, actions
+
+    async def _insert_alone(self, events: Sequence[PreparedEvent]) -> Inserted | None:
+        """PostgreSQL: the batch in one statement, committed by itself, unless one of
+        its accounts has work for the hooks (then None: nothing was written)."""
+        if self._work_tables is None or is_sqlite(self._engine):
+            return None
+        accounts = {prepared.new.account_id for prepared in events}
+        now = time.monotonic()
+        for account in accounts & self._refused.keys():
+            if self._refused[account] > now:
+                return None
+            del self._refused[account]
+        async with open_connection(self._engine) as connection:
+            inserted = await event_store.insert_alone(
+                connection, events, unless_work_in=self._work_tables
+            )
+        if inserted is None:
+            for account in accounts:
+                self._refused[account] = now + _REFUSED_FOR_S
+        return inserted
+
+    @staticmethod
+    def _stored_events(batch: Sequence[_Pending], stored: set[int]) -> list[StoredEvent]:
+        return [
+            StoredEvent(new.id, new.account_id, pending.received_at, new.event)
+            for pending in batch
+            for new in (prepared.new for prepared in pending.events)
+            if new.id in stored
+        ]
 
 
 def parse_request(

@@ -279,8 +279,9 @@ class WebhookService:
 
     # -- the outbox ----------------------------------------------------------------
 
-    # write_outbox's probe (IngestWriter.add_hooks): has any of the accounts a web hook?
-    outbox_probe = staticmethod(store.any_webhook_probe)
+    # write_outbox's work table (IngestWriter.add_hooks): it has work for the events
+    # of accounts with a web hook, enabled or not.
+    outbox_work_table = store.webhooks_table.name
 
     async def write_outbox(
         self, connection: AsyncConnection, stored: Sequence[StoredEvent]

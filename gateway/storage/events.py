@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Select, exists, select, text
+from sqlalchemy import Select, exists, select
 from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -140,17 +140,13 @@ def _sqlite_binding(dialect: Dialect) -> _Binding:
     return binding
 
 
-# Raw SQL and its parameters that return a row when the in-transaction hooks have
-# something to do for these accounts (SQLite placeholders).
-Probe = Callable[[Sequence[int]], tuple[str, Sequence[Any]]]
-
-
 @dataclass(frozen=True, slots=True)
 class Inserted:
     """What :func:`insert_prepared` did."""
 
     stored: set[int]  # ids of the events inserted (not the duplicates)
-    # The insert committed its transaction itself (SQLite, no probe found work).
+    # The insert committed its transaction itself (no work table had rows of the
+    # batch's accounts).
     committed: bool = False
     # That commit skipped SQLite's automatic checkpoint (see db.WalCheckpoints).
     checkpoint_owed: bool = False
@@ -172,19 +168,47 @@ async def insert_prepared(
     connection: AsyncConnection,
     events: Sequence[PreparedEvent],
     *,
-    commit_unless: Sequence[Probe] | None = None,
+    commit_unless: Sequence[str] | None = None,
 ) -> Inserted:
     """:func:`insert_events` for events already prepared for this connection's dialect.
 
-    On SQLite, ``commit_unless`` lets the insert commit the caller's transaction in
-    the same trip when none of the probes returns a row (nothing else is to be written
-    with these events); the caller's own commit then has nothing left to do.
+    On SQLite, ``commit_unless`` (work tables: see :func:`insert_alone`) lets the insert
+    commit the caller's transaction in the same trip when none of those tables has a
+    row of the batch's accounts (nothing else is to be written with these events); the
+    caller's own commit then has nothing left to do.
     """
     if not events:
         return Inserted(set())
     if connection.dialect.name == "postgresql":
         return Inserted(await _insert_postgresql(connection, events))
     return await _insert_sqlite(connection, events, commit_unless)
+
+
+async def insert_alone(
+    connection: AsyncConnection, events: Sequence[PreparedEvent], *, unless_work_in: Sequence[str]
+) -> Inserted | None:
+    """PostgreSQL: insert and commit ``events`` in one statement of its own, outside any
+    transaction (one round trip, where BEGIN, insert and COMMIT took three), unless
+    one of the ``unless_work_in`` tables has a row of the batch's accounts: then it
+    writes nothing and returns None, and the caller writes the batch in a transaction
+    of its own with whatever that work is.
+
+    A work table is one whose rows of an account mean that something is to be written
+    with its events (``webhooks``: the outbox); the question is asked after the
+    accounts' web hook locks are held (the guard function, migration 0005), so a web
+    hook committed meanwhile is seen. ``connection`` must have no transaction open.
+    """
+    if connection.dialect.name != "postgresql":
+        raise ValueError("insert_alone is for PostgreSQL; SQLite commits in insert_prepared")
+    if not events:
+        return Inserted(set())
+    alone = await connection.execution_options(isolation_level="AUTOCOMMIT")
+    row = (
+        await alone.exec_driver_sql(
+            _POSTGRESQL_INSERT, _postgresql_parameters(events, unless_work_in)
+        )
+    ).one()
+    return None if row.has_work else Inserted(set(row.ids), committed=True)
 
 
 # SQLite through the driver itself: every trip to the connection's thread waits for a
@@ -217,8 +241,9 @@ def _sqlite_events_statement(rows: int) -> str:
 async def _insert_sqlite(
     connection: AsyncConnection,
     events: Sequence[PreparedEvent],
-    commit_unless: Sequence[Probe] | None,
+    commit_unless: Sequence[str] | None,
 ) -> Inserted:
+    quote = connection.dialect.identifier_preparer.quote
     chunks = [
         (
             _sqlite_events_statement(len(chunk)),
@@ -231,6 +256,12 @@ async def _insert_sqlite(
         prepared.new.id: (prepared.new.account_id, prepared.new.event.tags) for prepared in events
     }
     accounts = sorted({prepared.new.account_id for prepared in events})
+    marks = ", ".join("?" * len(accounts))
+    probes = [
+        # Only quoted table names and placeholders go into the text.
+        f"SELECT 1 FROM {quote(table)} WHERE account_id IN ({marks}) LIMIT 1"  # noqa: S608
+        for table in commit_unless or ()
+    ]
     inline = len(events) <= _SQLITE_INLINE_MAX
 
     def write(sqlite: sqlite3.Connection, *, on_loop: bool = False) -> Inserted | None:
@@ -262,7 +293,7 @@ async def _insert_sqlite(
                 [(account_id, tag, n) for (account_id, tag), n in sorted(counts.items())],
             )
         if commit_unless is None or (
-            stored and any(sqlite.execute(*probe(accounts)).fetchone() for probe in commit_unless)
+            stored and any(sqlite.execute(probe, accounts).fetchone() for probe in probes)
         ):
             return Inserted(stored)
         if not on_loop:
@@ -311,24 +342,24 @@ WEBHOOKS_LOCK_PREFIX = "gateway:webhooks:"  # advisory lock key of an account's 
 # statements). Tags and counts are written only for the events actually inserted (not
 # the duplicates). Events go in (account, dedupe key) order and counts in (account,
 # tag) order, so that concurrent writers (batches in flight at once, other replicas)
-# take those locks in one order and never deadlock over a retried event. The statement
-# also takes each account's web hook lock, shared (storage.webhooks.
-# lock_account_webhooks): the outbox reads the web hooks after it.
-_POSTGRESQL_INSERT = text(
-    """
-    WITH locked AS MATERIALIZED (
-        SELECT pg_advisory_xact_lock_shared(hashtextextended(:lock_prefix || account_id, 0))
-        FROM unnest(CAST(:accounts AS bigint[])) AS account_id ORDER BY account_id
+# take those locks in one order and never deadlock over a retried event.
+# The guard (migration 0005) runs first: it takes each account's web hook lock, shared
+# (storage.webhooks.lock_account_webhooks), and says whether a work table ($3) has rows
+# of the accounts; if so, nothing is inserted (insert_alone). Its answer gates the
+# insert's rows, so it is known before the first one.
+_POSTGRESQL_INSERT = """
+    WITH guard AS MATERIALIZED (
+        SELECT gateway_ingest_guard($1::bigint[], $2::text, $3::text[]) AS has_work
     ), inserted AS (
         INSERT INTO events
-        SELECT * FROM json_populate_recordset(NULL::events, CAST(:events AS json))
+        SELECT * FROM json_populate_recordset(NULL::events, $4::json)
+        WHERE NOT (SELECT has_work FROM guard)
         ORDER BY account_id, dedupe_key
         ON CONFLICT (account_id, dedupe_key) DO NOTHING
         RETURNING id
     ), new_tags AS (
         SELECT tag.account_id, tag.tag, tag.event_id
-        FROM json_to_recordset(CAST(:tags AS json))
-            AS tag(account_id bigint, tag text, event_id bigint)
+        FROM json_to_recordset($5::json) AS tag(account_id bigint, tag text, event_id bigint)
         JOIN inserted ON inserted.id = tag.event_id
     ), tag_rows AS (
         INSERT INTO event_tags (account_id, tag, event_id)
@@ -340,30 +371,36 @@ _POSTGRESQL_INSERT = text(
         GROUP BY account_id, tag ORDER BY account_id, tag
         ON CONFLICT (account_id, tag) DO UPDATE SET count = tag_counts.count + excluded.count
     )
-    SELECT inserted.id FROM inserted CROSS JOIN (SELECT count(*) FROM locked) AS held
-    """
-)
+    SELECT (SELECT has_work FROM guard) AS has_work, ARRAY(SELECT id FROM inserted) AS ids
+"""
 
 
-async def _insert_postgresql(
-    connection: AsyncConnection, events: Sequence[PreparedEvent]
-) -> set[int]:
+def _postgresql_parameters(
+    events: Sequence[PreparedEvent], work_tables: Sequence[str]
+) -> tuple[Any, ...]:
     tags = [
         {"account_id": prepared.new.account_id, "tag": tag, "event_id": prepared.new.id}
         for prepared in events
         for tag in prepared.new.event.tags
     ]
     rows = b",".join(cast(bytes, prepared.values) for prepared in events)
-    result = await connection.execute(
-        _POSTGRESQL_INSERT,
-        {
-            "accounts": sorted({prepared.new.account_id for prepared in events}),
-            "lock_prefix": WEBHOOKS_LOCK_PREFIX,
-            "events": f"[{rows.decode()}]",
-            "tags": orjson.dumps(tags).decode(),
-        },
+    return (
+        sorted({prepared.new.account_id for prepared in events}),
+        WEBHOOKS_LOCK_PREFIX,
+        list(work_tables),
+        f"[{rows.decode()}]",
+        orjson.dumps(tags).decode(),
     )
-    return {row[0] for row in result}
+
+
+async def _insert_postgresql(
+    connection: AsyncConnection, events: Sequence[PreparedEvent]
+) -> set[int]:
+    """In the caller's transaction (its hooks read the web hooks after this)."""
+    row = (
+        await connection.exec_driver_sql(_POSTGRESQL_INSERT, _postgresql_parameters(events, ()))
+    ).one()
+    return set(row.ids)
 
 
 def _stored_event(row: RowMapping) -> StoredEvent:

@@ -116,15 +116,6 @@ _WEBHOOKS_OF_ACCOUNTS = (
 )
 
 
-def any_webhook_probe(account_ids: Sequence[int]) -> tuple[str, Sequence[Any]]:
-    """SQLite SQL (and its parameters) that returns a row when any of these accounts
-    has a web hook, enabled or not: whether an ingest batch needs an outbox."""
-    marks = ", ".join("?" * len(account_ids))
-    # Only the table's name and placeholders go into the text.
-    statement = f"SELECT 1 FROM {webhooks_table.name} WHERE account_id IN ({marks}) LIMIT 1"  # noqa: S608
-    return statement, list(account_ids)
-
-
 async def list_webhooks(
     connection: AsyncConnection, *, account_ids: Sequence[int]
 ) -> list[WebhookConfig]:
