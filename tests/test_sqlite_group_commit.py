@@ -1,7 +1,8 @@
 """SQLite group commits: a small batch with nothing else to write is inserted and
 committed on the event loop's thread, in one go, with no hand-off to the driver's
-thread; in-transaction hooks run only when their work table has rows of the batch's accounts; a failure leaves
-nothing behind; and checkpoints happen in a thread, never inside those commits."""
+thread; in-transaction hooks run only when their work table has rows of the batch's
+accounts; a failure leaves nothing behind; and checkpoints happen in a thread, never
+inside those commits."""
 
 from __future__ import annotations
 
@@ -188,7 +189,7 @@ async def test_a_large_batch_commits_in_one_trip_to_the_thread(
 
 
 async def test_a_batch_waits_for_another_process_lock_off_the_loop(
-    engine: AsyncEngine, tmp_path: Path
+    engine: AsyncEngine, tmp_path: Path, trips: list[str]
 ) -> None:
     """Another process (here: another connection) holds the write lock: the batch
     waits for it in the driver's thread, and the event loop keeps running meanwhile."""
@@ -206,9 +207,14 @@ async def test_a_batch_waits_for_another_process_lock_off_the_loop(
         assert not write.done()  # still waiting for the lock
         other.execute("COMMIT")
         assert (await asyncio.wait_for(write, 10)).stored == 2
+        # The attempt on the loop left nothing open behind it: the next batch is
+        # written there again.
+        trips.clear()
+        assert (await writer.write(ACCOUNT, None, events(1))).stored == 1
+        assert trips == []
     finally:
         other.close()
         await writer.stop()
     # The loop was never held up while the batch waited (a blocked loop: 0.3 s at once).
     assert max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 0.1
-    assert await stored_count(engine) == 2
+    assert await stored_count(engine) == 3

@@ -53,9 +53,13 @@ async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         async with open_connection(engine) as connection, connection.begin():
             yield connection
         return
-    lock = _write_locks.setdefault(engine.sync_engine, asyncio.Lock())
-    async with lock, open_connection(engine) as connection, connection.begin():
+    async with write_lock(engine), open_connection(engine) as connection, connection.begin():
         yield connection
+
+
+def write_lock(engine: AsyncEngine) -> asyncio.Lock:
+    """The lock SQLite writers of this process take turns on (begin_write)."""
+    return _write_locks.setdefault(engine.sync_engine, asyncio.Lock())
 
 
 @contextlib.asynccontextmanager

@@ -140,6 +140,13 @@ def _sqlite_binding(dialect: Dialect) -> _Binding:
     return binding
 
 
+class NotAlone(enum.Enum):
+    """Why :func:`insert_alone` or :func:`insert_inline` wrote nothing."""
+
+    WORK = "work"  # a work table has rows of the batch's accounts: write it with them
+    BUSY = "busy"  # SQLite: not at once (over _SQLITE_INLINE_MAX events, or locked)
+
+
 @dataclass(frozen=True, slots=True)
 class Inserted:
     """What :func:`insert_prepared` did."""
@@ -186,12 +193,12 @@ async def insert_prepared(
 
 async def insert_alone(
     connection: AsyncConnection, events: Sequence[PreparedEvent], *, unless_work_in: Sequence[str]
-) -> Inserted | None:
+) -> Inserted | NotAlone:
     """PostgreSQL: insert and commit ``events`` in one statement of its own, outside any
     transaction (one round trip, where BEGIN, insert and COMMIT took three), unless
     one of the ``unless_work_in`` tables has a row of the batch's accounts: then it
-    writes nothing and returns None, and the caller writes the batch in a transaction
-    of its own with whatever that work is.
+    writes nothing and returns NotAlone.WORK, and the caller writes the batch in a
+    transaction of its own with whatever that work is.
 
     A work table is one whose rows of an account mean that something is to be written
     with its events (``webhooks``: the outbox); the question is asked after the
@@ -208,7 +215,7 @@ async def insert_alone(
             _POSTGRESQL_INSERT, _postgresql_parameters(events, unless_work_in)
         )
     ).one()
-    return None if row.has_work else Inserted(set(row.ids), committed=True)
+    return NotAlone.WORK if row.has_work else Inserted(set(row.ids), committed=True)
 
 
 # SQLite through the driver itself: every trip to the connection's thread waits for a
@@ -238,12 +245,14 @@ def _sqlite_events_statement(rows: int) -> str:
     )
 
 
-async def _insert_sqlite(
-    connection: AsyncConnection,
-    events: Sequence[PreparedEvent],
-    commit_unless: Sequence[str] | None,
-) -> Inserted:
-    quote = connection.dialect.identifier_preparer.quote
+_SqliteWrite = Callable[..., Inserted | None]  # (sqlite3.Connection, *, on_loop=False)
+
+
+def _sqlite_write(
+    dialect: Dialect, events: Sequence[PreparedEvent], commit_unless: Sequence[str] | None
+) -> _SqliteWrite:
+    """The work of inserting ``events`` on a sqlite3 connection, as one function."""
+    quote = dialect.identifier_preparer.quote
     chunks = [
         (
             _sqlite_events_statement(len(chunk)),
@@ -262,7 +271,6 @@ async def _insert_sqlite(
         f"SELECT 1 FROM {quote(table)} WHERE account_id IN ({marks}) LIMIT 1"  # noqa: S608
         for table in commit_unless or ()
     ]
-    inline = len(events) <= _SQLITE_INLINE_MAX
 
     def write(sqlite: sqlite3.Connection, *, on_loop: bool = False) -> Inserted | None:
         """Events, then tags and counts for those stored, then the commit if nothing
@@ -307,15 +315,65 @@ async def _insert_sqlite(
             sqlite.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_AUTOCHECKPOINT}")
         return Inserted(stored, committed=True, checkpoint_owed=True)
 
+    return write
+
+
+async def _insert_sqlite(
+    connection: AsyncConnection,
+    events: Sequence[PreparedEvent],
+    commit_unless: Sequence[str] | None,
+) -> Inserted:
+    write = _sqlite_write(connection.dialect, events, commit_unless)
     # The driver connection under this transaction: its statements join it.
     driver = cast(OneTripConnection, (await connection.get_raw_connection()).driver_connection)
-    if inline:
+    if len(events) <= _SQLITE_INLINE_MAX:
         done = driver.run_inline(functools.partial(write, on_loop=True))
         if done is not None:
             return done
     inserted = await driver.run(write)
     assert inserted is not None  # only work on the loop gives up
     return inserted
+
+
+def insert_inline(
+    driver: OneTripConnection,
+    dialect: Dialect,
+    events: Sequence[PreparedEvent],
+    *,
+    unless_work_in: Sequence[str],
+) -> Inserted | NotAlone:
+    """SQLite: insert and commit ``events`` here, on the event loop's thread, with no
+    trip to the driver's thread and nothing awaited. Or write nothing and say why:
+    BUSY when it cannot be done at once (over _SQLITE_INLINE_MAX events, or another
+    process holds the write lock), WORK when one of the ``unless_work_in`` tables has
+    a row of the batch's accounts (see :func:`insert_alone`). The caller then writes
+    the batch in a transaction, with its hooks.
+
+    ``driver`` is a connection the caller keeps for this (its page cache stays warm),
+    with no transaction open; no other writer of this process may be in a
+    transaction (db.write_lock is free).
+    """
+    if not events:
+        return Inserted(set())
+    if len(events) > _SQLITE_INLINE_MAX:
+        return NotAlone.BUSY
+    write = _sqlite_write(dialect, events, unless_work_in)
+
+    def alone(sqlite: sqlite3.Connection) -> Inserted | NotAlone:
+        try:
+            done = write(sqlite, on_loop=True)
+        except BaseException:
+            if sqlite.in_transaction:
+                sqlite.rollback()
+            raise
+        if done is None:
+            return NotAlone.BUSY
+        if not done.committed:  # there is work
+            sqlite.rollback()
+            return NotAlone.WORK
+        return done
+
+    return driver.run_inline(alone)
 
 
 def _begin_at_once(sqlite: sqlite3.Connection) -> bool:
