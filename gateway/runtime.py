@@ -7,6 +7,7 @@ lifespan, the worker and the CLI all start here, so there is one way to start up
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -27,9 +28,11 @@ from gateway.services.events import EventQueries
 from gateway.services.ingest import IngestWriter, RejectedPayloads
 from gateway.services.webhooks import DeliveryQueue, WebhookService
 from gateway.settings import Settings
-from gateway.storage.db import is_sqlite, make_engine, migrate, ping
+from gateway.storage.db import is_sqlite, make_engine, migrate, ping, schema_state
 
 NODE_SEQUENCE_KEY = "gateway:node-sequence"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Services:
         try:
             await ping(self.engine)
             state["database"] = "ok"
+            state["schema"] = await schema_state(self.engine)
         except Exception as exc:
             state["database"] = f"unavailable: {type(exc).__name__}"
         try:
@@ -65,6 +69,17 @@ class Services:
         except Exception as exc:
             state["redis"] = f"unavailable: {type(exc).__name__}"
         return state
+
+
+async def _warn_of_old_schema(engine: AsyncEngine) -> None:
+    """Say at start-up when the database needs ``gateway migrate`` (/readyz says it
+    too, with 503, for as long as it does)."""
+    try:
+        state = await schema_state(engine)
+    except Exception:
+        return  # unreachable for now: /readyz reports that
+    if state != "ok":
+        log.warning("database %s", state)
 
 
 def make_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -105,6 +120,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         ids = IdGenerator(node)
         if settings.embedded_database:
             await migrate(engine)
+        else:
+            await _warn_of_old_schema(engine)
         writer = IngestWriter(
             engine,
             ids,

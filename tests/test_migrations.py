@@ -3,16 +3,26 @@ databases: a column added to a model without a migration (or the reverse) fails 
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import Connection
 from sqlmodel import SQLModel
 
 import gateway.storage.models  # noqa: F401  (the tables)
 from gateway.settings import async_database_url
-from gateway.storage.db import make_engine, migrate
+from gateway.storage.db import alembic_config, head_revision, make_engine, migrate
+from tests.conftest import _admin, serve, settings_for
+
+
+def command_upgrade(connection: Connection, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -34,3 +44,38 @@ async def test_migrations_match_the_models(
     finally:
         await engine.dispose()
     assert differences == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_readiness_names_a_schema_that_needs_migrating(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, redis_url: str
+) -> None:
+    """A database that `gateway migrate` has not brought up to date: /readyz answers
+    503 and says so, until it is migrated."""
+    if backend == "postgres":
+        database_url: str | None = request.getfixturevalue("postgres_url").rsplit("/", 1)[0]
+        database_url = f"{database_url}/gateway_unmigrated_{uuid.uuid4().hex[:8]}"
+        _admin(f'CREATE DATABASE "{database_url.rsplit("/", 1)[1]}"')
+    else:
+        database_url = f"sqlite:///{tmp_path / 'unmigrated.db'}"
+    engine = make_engine(async_database_url(database_url))
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(
+                lambda sync: command_upgrade(sync, "0004")  # one migration behind
+            )
+        settings = settings_for(tmp_path, redis_url, database_url)
+        async with serve(settings, backend) as gateway, gateway.client() as client:
+            behind = await client.get("/readyz")
+            await migrate(engine)
+            current = await client.get("/readyz")
+    finally:
+        await engine.dispose()
+        if backend == "postgres":
+            _admin(f'DROP DATABASE IF EXISTS "{database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    assert behind.status_code == 503
+    assert behind.json()["schema"] == (
+        f"schema at revision 0004, needs {head_revision()}: run gateway migrate"
+    )
+    assert current.status_code == 200
+    assert current.json()["schema"] == "ok"

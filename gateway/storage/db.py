@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -12,6 +13,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -167,11 +170,37 @@ async def ping(engine: AsyncEngine) -> None:
         await connection.execute(text("SELECT 1"))
 
 
-def _upgrade(connection: Connection) -> None:
+def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+@functools.cache
+def head_revision() -> str:
+    """The schema revision this code needs (the newest migration)."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+async def schema_state(engine: AsyncEngine) -> str:
+    """ "ok" when the database's schema is the one this code needs; otherwise what to
+    do about it. A database not brought up to date fails in ways a client cannot
+    tell apart from a bug (ingest needs migration 0005's function on PostgreSQL)."""
+    async with engine.connect() as connection:
+        current = await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
+    if current == head_revision():
+        return "ok"
+    return f"schema at revision {current or 'none'}, needs {head_revision()}: run gateway migrate"
 
 
 async def migrate(engine: AsyncEngine) -> None:
