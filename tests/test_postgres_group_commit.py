@@ -209,3 +209,40 @@ async def test_a_hook_without_a_work_table_keeps_every_batch_in_a_transaction(
         await writer.stop()
     assert sent[:2] == ["WITH guard", "BEGIN"]
     assert hook.calls == [list(result.ids)]
+
+
+async def test_a_connection_that_ran_one_statement_goes_back_to_the_pool_transactional(
+    postgres_url: str,
+) -> None:
+    """The one statement runs in autocommit on a pooled connection: the next checkout
+    of that same connection must get real transactions again (a rollback undoes)."""
+    engine = make_engine(async_database_url(postgres_url), pool_size=1)
+    await migrate(engine)
+    used: list[int] = []
+
+    def statement(connection: Any, *_args: Any) -> None:
+        used.append(id(connection.connection.dbapi_connection))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", statement)
+    account = await new_account(engine, with_work=False)
+    writer = IngestWriter(engine, IdGenerator(8))
+    writer.add_hooks(in_transaction=RecordingHook(), work_in=WORK)
+    try:
+        assert (await writer.write(account, None, events(1))).stored == 1
+        one_statement = used[-1]
+        with pytest.raises(RuntimeError):
+            async with begin_write(engine) as connection:
+                assert id((await connection.get_raw_connection()).dbapi_connection) == (
+                    one_statement
+                )
+                await connection.execute(
+                    text("DELETE FROM events WHERE account_id = :a"), {"a": account}
+                )
+                raise RuntimeError("roll back")
+    finally:
+        await writer.stop()
+        event.remove(engine.sync_engine, "before_cursor_execute", statement)
+    try:
+        assert await count(engine, "events", account) == 1
+    finally:
+        await engine.dispose()
