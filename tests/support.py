@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from gateway.domain.events import EventType, NormalizedEvent, Provider
 
 if TYPE_CHECKING:
     from gateway.services.accounts import CreatedAccount
@@ -51,6 +55,30 @@ def brevo_event(**fields: Any) -> dict[str, Any]:
     }
     event.update(fields)
     return event
+
+
+_numbers = itertools.count()
+
+
+def delivered_events(
+    count: int, *, tags: tuple[str, ...] = ("t",), numbered_tag: bool = False, padding: int = 0
+) -> list[NormalizedEvent]:
+    """``count`` distinct normalized Brevo ``delivered`` events, for writing directly.
+    Each carries ``tags``, and with ``numbered_tag`` one tag of its own (``n<number>``);
+    ``padding`` characters in the raw payload make rows of a realistic size."""
+    now = datetime.now(UTC)
+    return [
+        NormalizedEvent(
+            type=EventType.DELIVERED,
+            provider=Provider.BREVO,
+            provider_event="delivered",
+            email=f"user{n}@example.com",
+            occurred_at=now,
+            tags=(*tags, f"n{n}") if numbered_tag else tags,
+            raw={"event": "delivered", "n": n, "padding": "x" * padding},
+        )
+        for n in (next(_numbers) for _ in range(count))
+    ]
 
 
 def body(payload: Any) -> bytes:

@@ -6,7 +6,6 @@ with its hooks instead, and its accounts skip the one-statement attempt for a wh
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
@@ -17,17 +16,17 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.domain.events import EventType, NormalizedEvent, Provider
+from gateway.domain.events import NormalizedEvent
 from gateway.domain.query import StoredEvent
 from gateway.ids import IdGenerator
 from gateway.services import ingest
 from gateway.services.ingest import IngestWriter
 from gateway.settings import async_database_url
 from gateway.storage.db import begin_write, make_engine, migrate
+from tests.support import delivered_events
 
 # A work table the tests fill per account: rows of an account mean "the hook has work".
 WORK = "api_keys"
-_numbers = itertools.count()
 _ids = IdGenerator(7)
 
 
@@ -59,19 +58,7 @@ async def new_account(engine: AsyncEngine, *, with_work: bool) -> int:
 
 
 def events(count: int) -> list[NormalizedEvent]:
-    now = datetime.now(UTC)
-    return [
-        NormalizedEvent(
-            type=EventType.DELIVERED,
-            provider=Provider.BREVO,
-            provider_event="delivered",
-            email=f"user{n}@example.com",
-            occurred_at=now,
-            tags=("t", f"n{n}"),
-            raw={"event": "delivered", "n": n},
-        )
-        for n in (next(_numbers) for _ in range(count))
-    ]
+    return delivered_events(count, numbered_tag=True)
 
 
 class RecordingHook:
@@ -86,6 +73,14 @@ class RecordingHook:
         )
         assert found.scalar_one() == len(ids)
         self.calls.append(ids)
+
+
+def recording_writer(engine: AsyncEngine) -> tuple[IngestWriter, RecordingHook]:
+    """A writer whose one in-transaction hook records its calls and has WORK."""
+    hook = RecordingHook()
+    writer = IngestWriter(engine, IdGenerator(8))
+    writer.add_hooks(in_transaction=hook, work_in=WORK)
+    return writer, hook
 
 
 @pytest.fixture
@@ -124,9 +119,7 @@ async def test_a_batch_without_work_is_one_statement_with_no_transaction(
     engine: AsyncEngine, sent: list[str]
 ) -> None:
     account = await new_account(engine, with_work=False)
-    hook = RecordingHook()
-    writer = IngestWriter(engine, IdGenerator(8))
-    writer.add_hooks(in_transaction=hook, work_in=WORK)
+    writer, hook = recording_writer(engine)
     batch = events(3)
     try:
         sent.clear()
@@ -152,9 +145,7 @@ async def test_a_batch_with_work_is_written_once_in_a_transaction_with_its_hooks
     engine: AsyncEngine, sent: list[str]
 ) -> None:
     busy = await new_account(engine, with_work=True)
-    hook = RecordingHook()
-    writer = IngestWriter(engine, IdGenerator(8))
-    writer.add_hooks(in_transaction=hook, work_in=WORK)
+    writer, hook = recording_writer(engine)
     try:
         sent.clear()
         first = await writer.write(busy, None, events(2))
@@ -178,8 +169,7 @@ async def test_an_account_tries_the_one_statement_again_once_its_refusal_lapses(
 ) -> None:
     monkeypatch.setattr(ingest, "_REFUSED_FOR_S", 0.0)
     account = await new_account(engine, with_work=True)
-    writer = IngestWriter(engine, IdGenerator(8))
-    writer.add_hooks(in_transaction=RecordingHook(), work_in=WORK)
+    writer, _hook = recording_writer(engine)
     try:
         await writer.write(account, None, events(1))
         async with begin_write(engine) as connection:  # its work is gone
@@ -198,9 +188,8 @@ async def test_a_hook_without_a_work_table_keeps_every_batch_in_a_transaction(
     engine: AsyncEngine, sent: list[str]
 ) -> None:
     account = await new_account(engine, with_work=False)
+    writer, _with_work_table = recording_writer(engine)
     hook = RecordingHook()
-    writer = IngestWriter(engine, IdGenerator(8))
-    writer.add_hooks(in_transaction=RecordingHook(), work_in=WORK)
     writer.add_hooks(in_transaction=hook)
     try:
         sent.clear()
@@ -225,8 +214,7 @@ async def test_a_connection_that_ran_one_statement_goes_back_to_the_pool_transac
 
     event.listen(engine.sync_engine, "before_cursor_execute", statement)
     account = await new_account(engine, with_work=False)
-    writer = IngestWriter(engine, IdGenerator(8))
-    writer.add_hooks(in_transaction=RecordingHook(), work_in=WORK)
+    writer, _hook = recording_writer(engine)
     try:
         assert (await writer.write(account, None, events(1))).stored == 1
         one_statement = used[-1]

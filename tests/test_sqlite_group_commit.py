@@ -17,15 +17,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.domain.events import EventType, NormalizedEvent, Provider
+from gateway.domain.events import NormalizedEvent
 from gateway.domain.query import StoredEvent
 from gateway.ids import IdGenerator
 from gateway.services.ingest import IngestWriter
 from gateway.storage.db import WalCheckpoints, begin_write, make_engine, migrate
 from gateway.storage.events import NewEvent, insert_prepared, prepare_events
+from tests.support import delivered_events
 
 ACCOUNT = 1
-_numbers = itertools.count()
 
 
 @pytest.fixture
@@ -42,19 +42,7 @@ async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
 
 
 def events(count: int) -> list[NormalizedEvent]:
-    now = datetime.now(UTC)
-    return [
-        NormalizedEvent(
-            type=EventType.DELIVERED,
-            provider=Provider.BREVO,
-            provider_event="delivered",
-            email=f"user{n}@example.com",
-            occurred_at=now,
-            tags=("t",),
-            raw={"event": "delivered", "n": n, "padding": "x" * 600},
-        )
-        for n in (next(_numbers) for _ in range(count))
-    ]
+    return delivered_events(count, padding=600)
 
 
 async def stored_count(engine: AsyncEngine) -> int:
