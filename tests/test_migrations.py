@@ -15,7 +15,7 @@ from sqlmodel import SQLModel
 
 import gateway.storage.models  # noqa: F401  (the tables)
 from gateway.settings import async_database_url
-from gateway.storage.db import alembic_config, head_revision, make_engine, migrate
+from gateway.storage.db import alembic_config, head_revision, make_engine, migrate, schema_state
 from tests.conftest import _admin, serve, settings_for
 
 
@@ -79,3 +79,22 @@ async def test_readiness_names_a_schema_that_needs_migrating(
     )
     assert current.status_code == 200
     assert current.json()["schema"] == "ok"
+
+
+async def test_a_schema_newer_than_the_code_is_ready(tmp_path: Path) -> None:
+    """Migrated ahead of a rolling upgrade: the older gateways stay ready (migrations
+    only add what older code does not use)."""
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'newer.db'}")
+    try:
+        await migrate(engine)
+        assert await schema_state(engine) == "ok"
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+        assert await schema_state(engine) == "ok"
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0003'")
+        assert await schema_state(engine) == (
+            f"schema at revision 0003, needs {head_revision()}: run gateway migrate"
+        )
+    finally:
+        await engine.dispose()

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.domain.events import NormalizedEvent
@@ -23,6 +24,7 @@ from gateway.services import ingest
 from gateway.services.ingest import IngestWriter
 from gateway.settings import async_database_url
 from gateway.storage.db import begin_write, make_engine, migrate
+from gateway.storage.events import NewEvent, insert_alone, prepare_events
 from tests.support import delivered_events
 
 # A work table the tests fill per account: rows of an account mean "the hook has work".
@@ -234,3 +236,34 @@ async def test_a_connection_that_ran_one_statement_goes_back_to_the_pool_transac
         assert await count(engine, "events", account) == 1
     finally:
         await engine.dispose()
+
+
+async def test_the_guard_refuses_an_isolation_level_that_would_hide_new_web_hooks(
+    engine: AsyncEngine,
+) -> None:
+    """Under REPEATABLE READ the guard's read would see the calling statement's
+    snapshot, taken before the lock was granted: it refuses rather than miss a web hook
+    created meanwhile."""
+    account = await new_account(engine, with_work=False)
+    new = [NewEvent(_ids.next_id(), account, None, event) for event in events(1)]
+    connection = await engine.connect()
+    try:
+        await connection.exec_driver_sql(
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+        )
+        await connection.commit()
+        with pytest.raises(DBAPIError, match="needs READ COMMITTED, not repeatable read"):
+            await insert_alone(
+                connection,
+                prepare_events(connection.dialect, new, datetime.now(UTC)),
+                unless_work_in=[WORK],
+            )
+    finally:
+        await connection.invalidate()  # its session setting must not reach the pool
+        await connection.close()
+    assert await count(engine, "events", account) == 0
+
+
+def test_postgresql_is_reached_through_asyncpg_only() -> None:
+    with pytest.raises(ValueError, match="through asyncpg"):
+        make_engine("postgresql+psycopg://postgres@127.0.0.1/test")

@@ -111,7 +111,7 @@ async def test_a_hook_without_a_work_table_always_runs(engine: AsyncEngine) -> N
 
 
 async def test_a_failed_batch_leaves_nothing_and_the_next_one_is_stored(
-    engine: AsyncEngine,
+    engine: AsyncEngine, tmp_path: Path
 ) -> None:
     failing = IngestWriter(engine, IdGenerator(1))
     failing.add_hooks(in_transaction=RecordingHook(), work_in="no_such_table")
@@ -119,6 +119,14 @@ async def test_a_failed_batch_leaves_nothing_and_the_next_one_is_stored(
         # The work table is read after the inserts, in the same transaction.
         with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
             await failing.write(ACCOUNT, None, events(4))
+        # Its own connection, kept for the next batch, holds no transaction: another
+        # process could take the write lock at once.
+        other = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None, timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
     finally:
         await failing.stop()
     assert await stored_count(engine) == 0

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # How long an account whose batch found work for the in-transaction hooks (it has web
 # hooks) skips the one-statement insert: each refusal costs that statement's round trip.
 _REFUSED_FOR_S = 60.0
+_REFUSED_KEPT = 10_000  # then the lapsed entries are dropped
 
 # Called inside the transaction with the events just stored (the outbox: deliveries are
 # written with their events or not at all); what it returns is run after commit
@@ -80,9 +81,8 @@ class IngestWriter:
         self._in_transaction: list[InTransaction] = []
         # Each in-transaction hook's work table; None once a hook without one is added.
         self._work_tables: list[str] | None = []
-        # PostgreSQL: accounts whose last one-statement insert was refused (they have
-        # work), by when to try that again; until then they go straight to a
-        # transaction.
+        # Accounts of batches whose first try (_insert_alone) found work for the hooks,
+        # by when to try again; until then their batches go straight to a transaction.
         self._refused: dict[int, float] = {}
         self._after_commit = list(after_commit)
         self._checkpoints = WalCheckpoints(engine) if is_sqlite(engine) else None
@@ -124,12 +124,17 @@ class IngestWriter:
             self._after_commit.append(after_commit)
 
     async def stop(self) -> None:
-        await self._batcher.close()
-        if self._checkpoints is not None:
-            await self._checkpoints.close()
-        if self._own is not None:
-            await self._own.close()
-            self._own = self._own_driver = None
+        try:
+            await self._batcher.close()
+            if self._checkpoints is not None:
+                await self._checkpoints.close()
+        finally:
+            if self._own is not None:
+                own, self._own, self._own_driver = self._own, None, None
+                # Its work always ends its transaction; a pooled connection must not go
+                # back holding the write lock even if something did not.
+                await own.rollback()
+                await own.close()
 
     async def write(
         self, account_id: int, source_id: int | None, events: Sequence[NormalizedEvent]
@@ -208,6 +213,8 @@ class IngestWriter:
                     connection, events, unless_work_in=self._work_tables
                 )
         if inserted is NotAlone.WORK:
+            if len(self._refused) > _REFUSED_KEPT:
+                self._refused = {a: t for a, t in self._refused.items() if t > now}
             for account in accounts:
                 self._refused[account] = now + _REFUSED_FOR_S
         return inserted
@@ -215,9 +222,13 @@ class IngestWriter:
     async def _insert_inline(self, events: Sequence[PreparedEvent]) -> Inserted | NotAlone:
         assert self._work_tables is not None
         if self._own_driver is None:
-            self._own = await self._engine.connect()
-            raw = await self._own.get_raw_connection()
-            self._own_driver = cast(OneTripConnection, raw.driver_connection)
+            own = await self._engine.connect()
+            try:
+                raw = await own.get_raw_connection()
+            except BaseException:
+                await own.close()
+                raise
+            self._own, self._own_driver = own, cast(OneTripConnection, raw.driver_connection)
         # Nothing is awaited from here on: no other writer of this process can start
         # between this check and the commit.
         if write_lock(self._engine).locked():

@@ -157,6 +157,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             cursor.close()
 
         return engine
+    if url.startswith("postgresql") and not url.startswith("postgresql+asyncpg://"):
+        # Ingest's statements are written for asyncpg ($1 placeholders, its codecs).
+        raise ValueError("PostgreSQL is reached through asyncpg: use a postgresql:// URL")
     # No pre-ping: it costs a round trip on every checkout (every query and every group
     # commit). Connections are recycled instead, and a dropped one fails one transaction,
     # which the caller sees (ingest answers 5xx, the provider retries; a delivery's job
@@ -191,16 +194,26 @@ def head_revision() -> str:
 
 
 async def schema_state(engine: AsyncEngine) -> str:
-    """ "ok" when the database's schema is the one this code needs; otherwise what to
-    do about it. A database not brought up to date fails in ways a client cannot
-    tell apart from a bug (ingest needs migration 0005's function on PostgreSQL)."""
+    """ "ok" unless the database's schema is older than this code needs; then what to
+    do about it. A database not brought up to date fails in ways a client cannot tell
+    apart from a bug (ingest needs migration 0005's function on PostgreSQL). A newer
+    schema, one this code does not know (migrated ahead of a rolling upgrade), is ok:
+    migrations only add what older code does not use."""
     async with engine.connect() as connection:
         current = await connection.run_sync(
             lambda sync: MigrationContext.configure(sync).get_current_revision()
         )
-    if current == head_revision():
+    head = head_revision()
+    if current == head or (current is not None and current not in _known_revisions()):
         return "ok"
-    return f"schema at revision {current or 'none'}, needs {head_revision()}: run gateway migrate"
+    return f"schema at revision {current or 'none'}, needs {head}: run gateway migrate"
+
+
+@functools.cache
+def _known_revisions() -> frozenset[str]:
+    return frozenset(
+        script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+    )
 
 
 async def migrate(engine: AsyncEngine) -> None:

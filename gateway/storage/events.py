@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
 import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
@@ -29,6 +30,8 @@ from gateway.domain.query import EventFilter, StoredEvent, bare_message_id, emai
 from gateway.storage.db import SQLITE_BUSY_TIMEOUT_MS
 from gateway.storage.models import EventRow, EventTag, TagCount
 from gateway.storage.sqlite_driver import OneTripConnection
+
+log = logging.getLogger(__name__)
 
 events_table = EventRow.__table__  # type: ignore[attr-defined]
 tags_table = EventTag.__table__  # type: ignore[attr-defined]
@@ -195,7 +198,8 @@ async def insert_alone(
     connection: AsyncConnection, events: Sequence[PreparedEvent], *, unless_work_in: Sequence[str]
 ) -> Inserted | NotAlone:
     """PostgreSQL: insert and commit ``events`` in one statement of its own, outside any
-    transaction (one round trip, where BEGIN, insert and COMMIT took three), unless
+    transaction (one round trip, where BEGIN, insert, web hook read and COMMIT took
+    four), unless
     one of the ``unless_work_in`` tables has a row of the batch's accounts: then it
     writes nothing and returns NotAlone.WORK, and the caller writes the batch in a
     transaction of its own with whatever that work is.
@@ -206,7 +210,7 @@ async def insert_alone(
     hook committed meanwhile is seen. ``connection`` must have no transaction open.
     """
     if connection.dialect.name != "postgresql":
-        raise ValueError("insert_alone is for PostgreSQL; SQLite commits in insert_prepared")
+        raise ValueError("insert_alone is for PostgreSQL; SQLite's is insert_inline")
     if not events:
         return Inserted(set())
     alone = await connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -215,7 +219,8 @@ async def insert_alone(
             _POSTGRESQL_INSERT, _postgresql_parameters(events, unless_work_in)
         )
     ).one()
-    return NotAlone.WORK if row.has_work else Inserted(set(row.ids), committed=True)
+    # Anything but a plain "no work" (a NULL would also have inserted nothing) is work.
+    return Inserted(set(row.ids), committed=True) if row.has_work is False else NotAlone.WORK
 
 
 # SQLite through the driver itself: every trip to the connection's thread waits for a
@@ -360,6 +365,9 @@ def insert_inline(
     write = _sqlite_write(dialect, events, unless_work_in)
 
     def alone(sqlite: sqlite3.Connection) -> Inserted | NotAlone:
+        if sqlite.in_transaction:  # never left so here; if it were, it would hold the lock
+            log.warning("the ingest writer's SQLite connection was left in a transaction")
+            sqlite.rollback()
         try:
             done = write(sqlite, on_loop=True)
         except BaseException:
@@ -383,7 +391,8 @@ def _begin_at_once(sqlite: sqlite3.Connection) -> bool:
     try:
         sqlite.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as problem:
-        if problem.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+        # The primary code: SQLITE_BUSY_RECOVERY and _SNAPSHOT are busy too.
+        if problem.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
             raise
         return False
     finally:
@@ -411,7 +420,7 @@ _POSTGRESQL_INSERT = """
     ), inserted AS (
         INSERT INTO events
         SELECT * FROM json_populate_recordset(NULL::events, $4::json)
-        WHERE NOT (SELECT has_work FROM guard)
+        WHERE (SELECT has_work FROM guard) IS FALSE
         ORDER BY account_id, dedupe_key
         ON CONFLICT (account_id, dedupe_key) DO NOTHING
         RETURNING id
@@ -458,6 +467,8 @@ async def _insert_postgresql(
     row = (
         await connection.exec_driver_sql(_POSTGRESQL_INSERT, _postgresql_parameters(events, ()))
     ).one()
+    if row.has_work is not False:  # with no work tables: only a broken guard
+        raise RuntimeError(f"gateway_ingest_guard answered {row.has_work!r} with no work tables")
     return set(row.ids)
 
 

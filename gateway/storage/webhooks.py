@@ -447,11 +447,13 @@ async def lock_account_webhooks(connection: AsyncConnection, account_id: int) ->
     """Wait for the account's in-flight group commits, and hold new ones back, until
     this transaction ends (PostgreSQL; SQLite's single writer does it already).
 
-    A group commit reads the web hooks (the outbox) after its insert, which takes the
-    account's lock shared. A web hook created, enabled or deleted under this lock is
-    either seen by a group commit, or committed after it: then its backfill (run after
-    commit) finds those events, ``enableWebhook`` finds the deliveries they held, and a
-    deletion removes the deliveries they wrote instead of failing them.
+    A group commit takes the account's lock shared before it reads the web hooks: in
+    its one statement (the guard function of migration 0005, with a snapshot of its
+    own), or in the transaction that writes its outbox. A web hook created, enabled or
+    deleted under this lock is either seen by a group commit, or committed after it:
+    then its backfill (run after commit) finds those events, ``enableWebhook`` finds
+    the deliveries they held, and a deletion removes the deliveries they wrote instead
+    of failing them.
     Without it, an ingest that read the web hooks just before a new one committed and
     committed its events just after that web hook's backfill read lost its delivery.
     """

@@ -25,7 +25,9 @@ depends_on = None
 # gateway_ingest_guard(accounts, lock_prefix, work_tables): takes the advisory lock
 # hashtextextended(lock_prefix || account, 0) of every account, shared, in account order
 # (storage.webhooks.lock_account_webhooks takes it exclusively), then answers whether
-# any of the tables named in work_tables has a row of one of the accounts.
+# any of the tables named in work_tables has a row of one of the accounts. The fresh
+# snapshot that answer needs is READ COMMITTED's: under a stricter isolation level the
+# function's queries see the calling statement's snapshot, so it refuses to run.
 _GUARD = """
 CREATE OR REPLACE FUNCTION gateway_ingest_guard(
     accounts bigint[], lock_prefix text, work_tables text[]
@@ -36,6 +38,13 @@ DECLARE
     work_table text;
     found_work boolean;
 BEGIN
+    IF accounts IS NULL OR lock_prefix IS NULL OR work_tables IS NULL THEN
+        RAISE EXCEPTION 'gateway_ingest_guard: no argument may be null';
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'gateway ingest needs READ COMMITTED, not %',
+            current_setting('transaction_isolation');
+    END IF;
     FOR account IN SELECT DISTINCT a FROM unnest(accounts) AS a ORDER BY a LOOP
         PERFORM pg_advisory_xact_lock_shared(hashtextextended(lock_prefix || account, 0));
     END LOOP;
