@@ -214,3 +214,26 @@ async def test_a_batch_waits_for_another_process_lock_off_the_loop(
     # The loop was never held up while the batch waited (a blocked loop: 0.3 s at once).
     assert max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 0.1
     assert await stored_count(engine) == 3
+
+
+async def test_the_writer_gives_its_connection_back_without_a_transaction(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Its work always ends what it begins; should a transaction still be open at stop
+    (here: begun by hand), it is rolled back before the connection goes back to the
+    pool, where it would hold the write lock for good (the pool resets nothing)."""
+    writer = IngestWriter(engine, IdGenerator(1))
+    writer.add_hooks(in_transaction=RecordingHook(), work_in=NEVER)
+    try:
+        assert (await writer.write(ACCOUNT, None, events(1))).stored == 1
+        own = writer._own_driver
+        assert own is not None
+        own.run_inline(lambda sqlite: sqlite.execute("BEGIN IMMEDIATE"))
+    finally:
+        await writer.stop()
+    other = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()

@@ -129,11 +129,14 @@ class IngestWriter:
             if self._checkpoints is not None:
                 await self._checkpoints.close()
         finally:
-            if self._own is not None:
-                own, self._own, self._own_driver = self._own, None, None
+            if self._own is not None and self._own_driver is not None:
+                own, driver = self._own, self._own_driver
+                self._own = self._own_driver = None
                 # Its work always ends its transaction; a pooled connection must not go
-                # back holding the write lock even if something did not.
-                await own.rollback()
+                # back holding the write lock even if something did not. (SQLAlchemy
+                # does not know of that transaction: the driver's own rollback, which
+                # makes no trip when none is open.)
+                await driver.rollback()
                 await own.close()
 
     async def write(
