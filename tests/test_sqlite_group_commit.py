@@ -55,6 +55,16 @@ NEVER = "webhooks"
 ALWAYS = "events"
 
 
+def assert_write_lock_free(database: Path) -> None:
+    """Another process could take the write lock at once (raises if not)."""
+    other = sqlite3.connect(database, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
 class RecordingHook:
     def __init__(self) -> None:
         self.calls: list[list[int]] = []
@@ -121,12 +131,7 @@ async def test_a_failed_batch_leaves_nothing_and_the_next_one_is_stored(
             await failing.write(ACCOUNT, None, events(4))
         # Its own connection, kept for the next batch, holds no transaction: another
         # process could take the write lock at once.
-        other = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None, timeout=0)
-        try:
-            other.execute("BEGIN IMMEDIATE")
-            other.execute("ROLLBACK")
-        finally:
-            other.close()
+        assert_write_lock_free(tmp_path / "gateway.db")
     finally:
         await failing.stop()
     assert await stored_count(engine) == 0
@@ -231,9 +236,4 @@ async def test_the_writer_gives_its_connection_back_without_a_transaction(
         own.run_inline(lambda sqlite: sqlite.execute("BEGIN IMMEDIATE"))
     finally:
         await writer.stop()
-    other = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None, timeout=0)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        other.execute("ROLLBACK")
-    finally:
-        other.close()
+    assert_write_lock_free(tmp_path / "gateway.db")
