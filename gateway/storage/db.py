@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -167,12 +167,6 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 
-async def ping(engine: AsyncEngine) -> None:
-    """Raise unless the database answers."""
-    async with engine.connect() as connection:
-        await connection.execute(text("SELECT 1"))
-
-
 def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
@@ -186,9 +180,13 @@ def _upgrade(connection: Connection) -> None:
 
 
 @functools.cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head_revision() -> str:
     """The schema revision this code needs (the newest migration)."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None
     return head
 
@@ -204,16 +202,10 @@ async def schema_state(engine: AsyncEngine) -> str:
             lambda sync: MigrationContext.configure(sync).get_current_revision()
         )
     head = head_revision()
-    if current == head or (current is not None and current not in _known_revisions()):
+    known = {script.revision for script in _scripts().walk_revisions()}
+    if current == head or (current is not None and current not in known):
         return "ok"
     return f"schema at revision {current or 'none'}, needs {head}: run gateway migrate"
-
-
-@functools.cache
-def _known_revisions() -> frozenset[str]:
-    return frozenset(
-        script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
-    )
 
 
 async def migrate(engine: AsyncEngine) -> None:

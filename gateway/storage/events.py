@@ -199,10 +199,9 @@ async def insert_alone(
 ) -> Inserted | NotAlone:
     """PostgreSQL: insert and commit ``events`` in one statement of its own, outside any
     transaction (one round trip, where BEGIN, insert, web hook read and COMMIT took
-    four), unless
-    one of the ``unless_work_in`` tables has a row of the batch's accounts: then it
-    writes nothing and returns NotAlone.WORK, and the caller writes the batch in a
-    transaction of its own with whatever that work is.
+    four), unless one of the ``unless_work_in`` tables has a row of the batch's
+    accounts: then it writes nothing and returns NotAlone.WORK, and the caller writes
+    the batch in a transaction of its own with whatever that work is.
 
     A work table is one whose rows of an account mean that something is to be written
     with its events (``webhooks``: the outbox); the question is asked after the
