@@ -35,7 +35,8 @@ from tests.receiver import Receiver
 POSTGRES_ADMIN_DSN = os.environ.get(
     "TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
-# Database numbers of the tests' own (9, 10): some tests flush them.
+# The first of four database numbers of the tests' own (9 to 12 unless told; see
+# redis_database): some tests flush them.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -61,6 +62,13 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         need("Redis", str(exc))
     return REDIS_URL
+
+
+def redis_database(redis_url: str, offset: int) -> str:
+    """The URL of the Redis database ``offset`` after ``redis_url``'s. A test run uses
+    four: the SQLite gateway's, the PostgreSQL gateway's, and two of worker tests."""
+    base, number = redis_url.rsplit("/", 1)
+    return f"{base}/{int(number) + offset}"
 
 
 def _admin(statement: str) -> None:
@@ -161,7 +169,9 @@ async def gateway(
         await migrate(engine)
         await engine.dispose()
     # A Redis database per backend: their workers must not take each other's jobs.
-    backend_redis = redis_url.rsplit("/", 1)[0] + ("/9" if backend == "sqlite" else "/10")
+    # TEST_REDIS_URL's database for SQLite, the next one for PostgreSQL, so that test
+    # runs side by side (say, in two work trees) can be given databases of their own.
+    backend_redis = redis_database(redis_url, 0 if backend == "sqlite" else 1)
     async with serve(
         settings_for(tmp, backend_redis, database_url), backend, worker=True
     ) as running:

@@ -19,13 +19,14 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import func
 
 from gateway.worker import GatewayWorker
+from tests.conftest import redis_database
 
 QUEUE = "test:gateway-worker"
 
 
 @pytest.fixture
 async def pool(redis_url: str) -> AsyncIterator[ArqRedis]:
-    url = redis_url.rsplit("/", 1)[0] + "/12"
+    url = redis_database(redis_url, 3)
     pool = await create_pool(RedisSettings.from_dsn(url), default_queue_name=QUEUE)
     await pool.flushdb()
     yield pool

@@ -21,7 +21,7 @@ from gateway.ids import NODE_COUNT
 from gateway.runtime import NODE_SEQUENCE_KEY
 from gateway.settings import async_database_url
 from gateway.storage.db import make_engine, migrate
-from tests.conftest import Gateway, serve, settings_for
+from tests.conftest import Gateway, redis_database, serve, settings_for
 from tests.receiver import Received, Receiver
 from tests.support import body, brevo_event
 from tests.test_webhooks import create_webhook, settled
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def worker_redis(redis_url: str) -> str:
-    url = redis_url.rsplit("/", 1)[0] + "/11"
+    url = redis_database(redis_url, 2)
     client = redis.Redis.from_url(url)
     client.flushdb()
     # Node numbers come from this Redis, but the session's PostgreSQL gateway (another
