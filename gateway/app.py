@@ -26,12 +26,17 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Settings | None = None, *, bootstrap: bool = False, worker: bool = False
+    settings: Settings | None = None,
+    *,
+    bootstrap: bool = False,
+    worker: bool = False,
+    base_url: str = "",
 ) -> Starlette:
     """The gateway as an ASGI app; its services start with the lifespan.
 
     ``bootstrap`` creates a ``default`` account on an empty database and prints its
-    key and tokens; ``worker`` runs a delivery worker inside this process.
+    key and ingest URLs (under ``base_url``); ``worker`` runs a delivery worker inside
+    this process.
     """
     settings = settings or Settings()
     schema = build_schema(settings)
@@ -42,7 +47,7 @@ def create_app(
         async with open_services(settings) as services:
             app.state.services = services
             if bootstrap:
-                await _bootstrap(services)
+                await _bootstrap(services, base_url)
             graphql.view = GatewayGraphQL(services, schema)
             _tune_collector()
             async with contextlib.AsyncExitStack() as stack:
@@ -87,7 +92,7 @@ def _tune_collector() -> None:
     gc.set_threshold(20_000, 10, 10)
 
 
-async def _bootstrap(services: Services) -> None:
+async def _bootstrap(services: Services, base_url: str) -> None:
     if await services.accounts.count_accounts():
         return
     from gateway.cli import _print_account
@@ -97,7 +102,7 @@ async def _bootstrap(services: Services) -> None:
         created = await services.accounts.create_account("default")
     except InputError:
         return  # another replica made it first
-    _print_account(created, as_json=False)
+    _print_account(created, as_json=False, base_url=base_url)
 
 
 class _GraphQLEndpoint:

@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, worker, accounts create, migrate, export-schema."""
+"""The `gateway` command: serve, worker, accounts create|key, migrate, export-schema."""
 
 from __future__ import annotations
 
@@ -15,7 +15,19 @@ if TYPE_CHECKING:
     from gateway.services.accounts import CreatedAccount
 
 
-def _print_account(created: CreatedAccount, *, as_json: bool) -> None:
+# JangoMail calls one URL per event type (DESIGN.md: the route names the event).
+JANGOMAIL_EVENTS = ("sent", "open", "click", "unsubscribe", "bounce", "complaint", "block")
+
+
+def ingest_urls(base_url: str, provider: str, token: str) -> list[str]:
+    """The URLs to give ``provider`` for an ingest source's ``token``, in full."""
+    url = f"{base_url.rstrip('/')}/ingest/{provider}/{token}"
+    if provider == "jangomail":
+        return [f"{url}/{event}" for event in JANGOMAIL_EVENTS]
+    return [url]
+
+
+def _print_account(created: CreatedAccount, *, as_json: bool, base_url: str = "") -> None:
     document = {
         "account": created.name,
         "account_id": str(created.account_id),
@@ -26,9 +38,24 @@ def _print_account(created: CreatedAccount, *, as_json: bool) -> None:
         print(json.dumps(document))
         return
     print(f"account {created.name!r} (shown once: keep these)")
-    print(f"  API key:      {created.api_key}")
+    print(f"  API key:  {created.api_key}")
+    print("  ingest URLs (give each provider its own):")
     for provider, token in created.ingest_tokens.items():
-        print(f"  {provider:<10}    /ingest/{provider}/{token}")
+        for url in ingest_urls(base_url, provider, token):
+            print(f"    {provider:<10} {url}")
+
+
+def print_banner(settings: Settings, base_url: str) -> None:
+    """Where the gateway listens and where its data lives, as a user needs it."""
+    where = (
+        f"SQLite file {(settings.data_dir / 'gateway.db').resolve()}"
+        if settings.embedded_database
+        else "the database at DATABASE_URL"
+    )
+    print(f"gateway: GraphiQL  {base_url}/graphql")
+    print(f"gateway: data      {where}")
+    if settings.embedded_redis:
+        print(f"gateway: redis     embedded, in {settings.data_dir.resolve()}")
 
 
 async def _create_account(settings: Settings, name: str) -> CreatedAccount:
@@ -44,6 +71,23 @@ async def _create_account(settings: Settings, name: str) -> CreatedAccount:
             await migrate(engine)
         service = AccountService(engine, IdGenerator(), cache_seconds=0)
         return await service.create_account(name)
+    finally:
+        await engine.dispose()
+
+
+async def _new_key(settings: Settings, name: str) -> str:
+    from gateway.ids import IdGenerator
+    from gateway.services.accounts import AccountService, InputError
+    from gateway.storage.db import make_engine
+
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        service = AccountService(engine, IdGenerator(), cache_seconds=0)
+        account_id = await service.account_named(name)
+        if account_id is None:
+            raise InputError("name", f"no account is named {name!r}")
+        _record, api_key = await service.create_api_key(account_id)
+        return api_key
     finally:
         await engine.dispose()
 
@@ -65,7 +109,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
     from gateway.app import create_app
 
-    app = create_app(settings, bootstrap=True, worker=not args.no_worker)
+    base_url = f"http://{args.host}:{args.port}"
+    print_banner(settings, base_url)
+    app = create_app(settings, bootstrap=True, worker=not args.no_worker, base_url=base_url)
     # permessage-deflate is negotiated inside uvicorn before the app runs; it cost
     # ~25 µs a message for every websocket subscriber.
     uvicorn.run(
@@ -93,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     create = account_commands.add_parser("create", help="create an account, its key and tokens")
     create.add_argument("name")
     create.add_argument("--json", action="store_true", help="print one JSON document")
+    key = account_commands.add_parser(
+        "key", help="a new API key for an existing account (recovers a lost one)"
+    )
+    key.add_argument("name")
+    key.add_argument("--json", action="store_true", help="print one JSON document")
     commands.add_parser("migrate", help="bring the database to the newest schema")
     commands.add_parser("export-schema", help="print the GraphQL SDL")
     args = parser.parse_args(argv)
@@ -116,11 +167,20 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.services.accounts import InputError
 
         try:
-            created = asyncio.run(_create_account(settings, args.name))
+            if args.action == "key":
+                api_key = asyncio.run(_new_key(settings, args.name))
+            else:
+                created = asyncio.run(_create_account(settings, args.name))
         except InputError as problem:
             print(f"gateway: {problem}", file=sys.stderr)
             return 2
-        _print_account(created, as_json=args.json)
+        if args.action == "key":
+            if args.json:
+                print(json.dumps({"account": args.name, "api_key": api_key}))
+            else:
+                print(f"account {args.name!r}: new API key (shown once) {api_key}")
+        else:
+            _print_account(created, as_json=args.json)
     elif args.command == "migrate":
         asyncio.run(_migrate(settings))
         print("database is at the newest schema")

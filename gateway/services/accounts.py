@@ -147,6 +147,11 @@ class AccountService:
                 tokens[provider.value.lower()] = token
         return CreatedAccount(account_id, name, api_key, tokens)
 
+    async def account_named(self, name: str) -> int | None:
+        """The id of the account called ``name``, if there is one."""
+        async with self._engine.connect() as connection:
+            return await store.account_id_by_name(connection, name.strip())
+
     async def create_api_key(self, account_id: int) -> tuple[KeyRecord, str]:
         """Another key for the account (to rotate: create, switch, revoke the old)."""
         api_key = new_secret("egw_")
