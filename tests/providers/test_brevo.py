@@ -556,3 +556,56 @@ def test_render_unknown_brevo_event_keeps_its_name() -> None:
 @pytest.mark.parametrize("type_", [EventType.UNKNOWN, EventType.AUTORESPONDED])
 def test_render_other_providers_unknown_and_autoresponse_are_unknown(type_: EventType) -> None:
     assert render(event_of(type_))["event"] == "unknown"
+
+
+# -- fields Brevo added in 2024 (changelog 2024-08-30) -----------------------------------
+
+
+def test_open_details_are_mapped_onto_the_open_event() -> None:
+    event = parse_one(
+        seed(
+            "unique_opened",
+            user_agent="Mozilla/5.0 (iPhone)",
+            device_used="MOBILE",
+            mirror_link="https://app-smtp.brevo.com/log/preview/1a2000f4",
+            contact_id=8,
+            sender_email="shop@example.com",
+        )
+    )
+    assert (event.user_agent, event.device, event.preview_url, event.contact_id) == (
+        "Mozilla/5.0 (iPhone)",
+        "MOBILE",
+        "https://app-smtp.brevo.com/log/preview/1a2000f4",
+        "8",
+    )
+    assert event.from_email == "shop@example.com"
+
+
+def test_contact_id_0_means_no_contact() -> None:
+    assert parse_one(seed("click", contact_id=0)).contact_id is None
+
+
+def test_contact_id_beyond_64_bits_is_kept_as_text() -> None:
+    assert parse_one(seed("click", contact_id=2**70)).contact_id == str(2**70)
+
+
+def test_detail_of_the_wrong_type_is_left_out_and_kept_raw() -> None:
+    event = parse_one(seed("click", user_agent=["x"], link={"u": 1}, device_used=True))
+    assert (event.user_agent, event.url, event.device) == (None, None, None)
+    assert event.raw["user_agent"] == ["x"]
+
+
+def test_empty_link_is_no_url() -> None:
+    assert parse_one(seed("unique_proxy_open", link="")).url is None
+
+
+def test_render_writes_the_2024_fields_back() -> None:
+    event = parse_one(
+        seed("click", user_agent="UA", device_used="DESKTOP", mirror_link="https://m", link="u")
+    )
+    rendered = render(event)
+    assert (rendered["user_agent"], rendered["device_used"], rendered["mirror_link"]) == (
+        "UA",
+        "DESKTOP",
+        "https://m",
+    )
