@@ -232,6 +232,9 @@ class Message:
         description="The most advanced state its events show, whatever order they arrived in."
     )
     events: list[Event]
+    sent_at: datetime | None = strawberry.field(
+        description="When it was sent: its send event's time, never after its first event."
+    )
 
     @classmethod
     def from_timeline(cls, timeline: MessageTimeline) -> Message:
@@ -239,6 +242,7 @@ class Message:
             message_id=timeline.message_id,
             state=timeline.state,
             events=[event_view(stored) for stored in timeline.events],
+            sent_at=timeline.sent_at,
         )
 
 
