@@ -288,3 +288,13 @@ def test_jangomail_unknown_event_is_404_naming_the_seven() -> None:
         "unknown JangoMail event 'deferred': the events are"
         " sent, open, click, unsubscribe, bounce, complaint, block"
     )
+
+
+def test_jangomail_overlong_email_is_refused_naming_the_parameter() -> None:
+    parsed = parse_jangomail("sent", {**SENT, "EmailAddress": "a" * 321})
+    assert one_refusal(parsed) == "'EmailAddress' is longer than 320 characters"
+
+
+def test_jangomail_json_body_nested_too_deep_is_refused() -> None:
+    body = json.dumps({**SENT, "CustomID": json.loads("[" * 500 + "]" * 500)}).encode()
+    assert one_refusal(parse_jangomail("sent", {}, body=body)) == "nested deeper than 64 levels"

@@ -47,7 +47,7 @@ from gateway.providers.base import (
     RequestBuilder,
     SourceConfig,
 )
-from gateway.providers.json_body import json_type, read_document
+from gateway.providers.json_body import MAX_DEPTH, json_type, read_document, too_deep
 
 # Field -> JangoMail's default parameter name. ``occurredAt`` is not here: its label
 # depends on the event (see default_parameters).
@@ -114,6 +114,8 @@ _TEXT_ATTRIBUTES: dict[str, str] = {
     "unsubscribeType": "unsubscribe_type", "reason": "reason", "abuseId": "abuse_id",
 }  # fmt: skip
 _INTEGER_ATTRIBUTES: dict[str, str] = {"position": "position", "messageSize": "message_size"}
+# The indexed fields whose refusals (too long) name the parameter.
+_NAMED = (("email", "email"), ("messageId", "message_id"), ("template", "template"))
 # User ID, the tracking flags and HTML have no place in the normalized event: they are
 # rendered from a JangoMail event's raw parameters (under the default names).
 _RAW_ONLY_FIELDS = ("userId", "openTracking", "clickTracking", "html")
@@ -180,11 +182,16 @@ class JangoMailAdapter:
             )
         values = _request_parameters(request)
         builder = RequestBuilder(prefix_index=False)
-        builder.add(0, request.body, lambda: _normalize(event, values, source))
+        names = _source_names(event, source.parameters)
+        # A refusal names the field as this source's JangoMail account sends it.
+        described = {attribute: names[field] for field, attribute in _NAMED if field in names}
+        builder.add(0, request.body, lambda: _normalize(event, values, source), names=described)
         return builder.result()
 
 
 def _normalize(event: str, values: dict[str, Any], source: SourceConfig) -> NormalizedEvent:
+    if too_deep(values, MAX_DEPTH - 1):
+        raise EventRefused(f"nested deeper than {MAX_DEPTH} levels")
     params = _Parameters(values, _source_names(event, source.parameters))
     zone = _zone(source.timezone)
     email = params.required("email")
