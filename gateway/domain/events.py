@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import operator
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -230,6 +231,7 @@ _TEXT_FIELDS: tuple[str, ...] = (
         if name not in ("severity", "reject_reason", "position", "unique", "proxy", "message_size")
     ),
 )
+_read_texts = operator.attrgetter(*_TEXT_FIELDS)
 _INTEGER_FIELDS = ("position", "message_size")
 _LIMITS: tuple[tuple[str, int], ...] = (
     ("email", MAX_EMAIL_LENGTH),
@@ -255,11 +257,16 @@ def make_storable(event: NormalizedEvent, *, names: dict[str, str] | None = None
     problem. ``names`` maps a field to the provider's own name for it, for the message.
     """
     names = names or {}
-    for name in _TEXT_FIELDS:
-        value = getattr(event, name)
-        if isinstance(value, str):
-            setattr(event, name, storable_text(value))
-    event.tags = tuple(dict.fromkeys(tag for tag in map(storable_text, event.tags) if tag))
+    texts = [text for text in _read_texts(event) if text is not None]
+    # One search over everything first: almost every event has nothing to clean.
+    if _UNSTORABLE.search("\n".join([*texts, *event.tags])):
+        for name in _TEXT_FIELDS:
+            value = getattr(event, name)
+            if isinstance(value, str):
+                setattr(event, name, storable_text(value))
+        event.tags = tuple(map(storable_text, event.tags))
+    if not all(event.tags) or len(set(event.tags)) < len(event.tags):
+        event.tags = tuple(dict.fromkeys(tag for tag in event.tags if tag))
     for name in _INTEGER_FIELDS:
         value = getattr(event, name)
         if value is not None and not INT64_MIN <= value <= INT64_MAX:

@@ -107,13 +107,15 @@ class RequestBuilder:
     def add(
         self,
         index: int,
-        body: bytes,
+        body: bytes | Callable[[], bytes],
         normalize: Callable[[], NormalizedEvent],
         *,
         names: dict[str, str] | None = None,
     ) -> None:
-        """Normalize one event; ``names`` maps gateway fields to the provider's names
-        for them, so that a refusal names the field as the provider sent it."""
+        """Normalize one event. ``body`` is what to keep if it is refused (or makes it:
+        most events are not refused, and finding an element's own text costs a read);
+        ``names`` maps gateway fields to the provider's names for them, so that a
+        refusal names the field as the provider sent it."""
         try:
             event = normalize()
             problem = make_storable(event, names=names)
@@ -127,7 +129,8 @@ class RequestBuilder:
             self.events.append(event)
             return
         reason = f"event[{index}]: {problem}" if self._prefix_index else problem
-        self.refused.append(RefusedEvent(index, reason, body))
+        kept = body if isinstance(body, bytes) else body()
+        self.refused.append(RefusedEvent(index, reason, kept))
 
     def result(self) -> ParsedRequest:
         return ParsedRequest(self.events, self.refused)

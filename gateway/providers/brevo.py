@@ -51,7 +51,7 @@ from gateway.providers.base import (
     RequestBuilder,
     SourceConfig,
 )
-from gateway.providers.json_body import MAX_DEPTH, JsonElement, json_type, read_elements
+from gateway.providers.json_body import MAX_DEPTH, JsonBody, json_type, read_elements
 
 # Brevo documents ``date`` as CET/CEST whatever the account's own time zone is.
 _PARIS = ZoneInfo("Europe/Paris")
@@ -123,9 +123,11 @@ class BrevoAdapter:
         settings that change parsing, so ``source`` is not read."""
         _check_media_type(request.content_type)
         builder = RequestBuilder()
-        for index, element in enumerate(read_elements(request.body)):
-            normalize = functools.partial(_normalize, element)
-            builder.add(index, element.body, normalize, names=_FIELD_NAMES)
+        elements = read_elements(request.body)
+        for index in range(len(elements.values)):
+            body = functools.partial(elements.body, index)
+            normalize = functools.partial(_normalize, elements, index)
+            builder.add(index, body, normalize, names=_FIELD_NAMES)
         return builder.result()
 
 
@@ -143,12 +145,13 @@ def _check_media_type(content_type: str) -> None:
     )
 
 
-def _normalize(element: JsonElement) -> NormalizedEvent:
-    if not isinstance(element.value, dict):
-        raise EventRefused(f"must be an object, not {json_type(element.value)}")
-    if element.too_deep():
+def _normalize(elements: JsonBody, index: int) -> NormalizedEvent:
+    value = elements.values[index]
+    if not isinstance(value, dict):
+        raise EventRefused(f"must be an object, not {json_type(value)}")
+    if elements.too_deep(index):
         raise EventRefused(f"nested deeper than {MAX_DEPTH} levels")
-    return _parse_event(_Element(element.value))
+    return _parse_event(_Element(value))
 
 
 class _Element:
@@ -174,9 +177,13 @@ class _Element:
     def detail(self, name: str) -> str | None:
         """A detail field's text (numbers written out); anything else is left out."""
         value = self.data.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = str(value)
-        return value.strip() or None if isinstance(value, str) else None
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return value.strip() or None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        return None
 
     def seconds(self, name: str) -> float:
         """A present time field as a number of seconds; Brevo sends some as numeric
@@ -205,9 +212,10 @@ class _Element:
             except OverflowError:
                 moment = None
         else:
-            seconds = self.seconds(name)
-            # Beyond this the sum overflows datetime; it is out of range anyway.
-            moment = _EPOCH + timedelta(seconds=seconds) if abs(seconds) < 2.5e11 else None
+            try:
+                moment = datetime.fromtimestamp(self.seconds(name), UTC)
+            except (OverflowError, OSError, ValueError):  # beyond what datetime holds
+                moment = None
         if moment is None or not EARLIEST <= moment < LATEST:
             raise EventRefused(
                 f"'{name}' is out of range: not a time between {EARLIEST.year} and {LATEST.year}"

@@ -18,6 +18,7 @@ Times are ``M/D/YYYY h:mm:ss AM`` in the account's time zone (the source's ``tim
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -185,7 +186,8 @@ class JangoMailAdapter:
         names = _source_names(event, source.parameters)
         # A refusal names the field as this source's JangoMail account sends it.
         described = {attribute: names[field] for field, attribute in _NAMED if field in names}
-        builder.add(0, request.body, lambda: _normalize(event, values, source), names=described)
+        normalize = functools.partial(_normalize, event, values, source)
+        builder.add(0, request.body, normalize, names=described)
         return builder.result()
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 from gateway.providers.base import PayloadError
@@ -32,27 +32,42 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
-@dataclass(frozen=True, slots=True)
-class JsonElement:
-    """One event of a body: its value and its exact JSON text."""
+class JsonBody:
+    """A readable body of one JSON object or an array of values: the events' values,
+    and on demand each one's exact JSON text (what is kept when it is refused)."""
 
-    value: Any
-    text: str
+    def __init__(self, text: str, start: int, document: Any) -> None:
+        self._text = text
+        self._start = start
+        self._array = isinstance(document, list)
+        self.values: list[Any] = document if self._array else [document]
+        self._texts: list[str] | None = None
+        self._deep: set[int] | None = None
 
-    @property
-    def body(self) -> bytes:
-        """The event alone as a request body, byte for byte as it was sent."""
+    def body(self, index: int) -> bytes:
+        """Event ``index`` alone as a request body, byte for byte as it was sent."""
         # The text came from UTF-8, so it holds no lone surrogate as a character (those
         # are still "\ud800" escapes here): plain UTF-8 gives the bytes back.
-        return self.text.encode()
+        return self._element_texts()[index].encode()
 
-    def too_deep(self) -> bool:
-        """True when the event nests more than MAX_DEPTH levels."""
-        # Counting brackets is a bound that costs nothing: only a text with more of
-        # them than the limit needs the walk.
-        if self.text.count("[") + self.text.count("{") <= MAX_DEPTH:
-            return False
-        return too_deep(self.value)
+    def too_deep(self, index: int) -> bool:
+        """True when event ``index`` nests more than MAX_DEPTH levels."""
+        if self._deep is None:
+            self._deep = set()
+            # Counting brackets is a bound that costs nothing, and one walk of the
+            # whole document clears every element at once in all but hostile cases.
+            levels = MAX_DEPTH + 1 if self._array else MAX_DEPTH
+            if self._text.count("[") + self._text.count("{") > levels and too_deep(
+                self.values if self._array else self.values[0], levels
+            ):
+                self._deep = {n for n, value in enumerate(self.values) if too_deep(value)}
+        return index in self._deep
+
+    def _element_texts(self) -> list[str]:
+        # Only a refusal needs them: found by reading the text again, element by element.
+        if self._texts is None:
+            self._texts = list(_element_texts(self._text, self._start, self._array))
+        return self._texts
 
 
 def decode_text(body: bytes) -> str:
@@ -71,35 +86,35 @@ def read_document(body: bytes) -> Any:
     return value
 
 
-def read_elements(body: bytes) -> list[JsonElement]:
+def read_elements(body: bytes) -> JsonBody:
     """The events of a body that is one JSON object or an array of them (elements of
     any type: what is not an object is the adapter's to refuse, per event)."""
     text = decode_text(body)
     start = _skip(text, 0)
-    if not text.startswith("[", start):
-        value, end = _value_at(text, start)
-        _expect_end(text, end)
-        if not isinstance(value, dict):
-            raise PayloadError(
-                f"body must be a JSON object or an array of objects, not {json_type(value)}"
-            )
-        return [JsonElement(value, text[start:end])]
-    elements: list[JsonElement] = []
+    document, end = _value_at(text, start)
+    _expect_end(text, end)
+    if not isinstance(document, dict | list):
+        raise PayloadError(
+            f"body must be a JSON object or an array of objects, not {json_type(document)}"
+        )
+    return JsonBody(text, start, document)
+
+
+def _element_texts(text: str, start: int, array: bool) -> Iterator[str]:
+    if not array:
+        yield text[start : _value_at(text, start)[1]]
+        return
     position = _skip(text, start + 1)
     if text.startswith("]", position):
-        _expect_end(text, position + 1)
-        return elements
+        return
+    # The whole text has been read once: it is a well-formed array.
     while True:
-        value, end = _value_at(text, position)
-        elements.append(JsonElement(value, text[position:end]))
-        position = _skip(text, end)
-        if text.startswith(",", position):
-            position = _skip(text, position + 1)
-        elif text.startswith("]", position):
-            _expect_end(text, position + 1)
-            return elements
-        else:
-            raise _syntax_error(text, position, "expected ',' or ']' after an array element")
+        end = _value_at(text, position)[1]
+        yield text[position:end]
+        after = _skip(text, end)
+        if text.startswith("]", after):
+            return
+        position = _skip(text, after + 1)  # past the comma
 
 
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:

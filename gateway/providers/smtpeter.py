@@ -45,7 +45,7 @@ from gateway.providers.base import (
     RequestBuilder,
     SourceConfig,
 )
-from gateway.providers.json_body import MAX_DEPTH, JsonElement, json_type, read_elements
+from gateway.providers.json_body import MAX_DEPTH, JsonBody, json_type, read_elements
 
 _TYPES: dict[str, EventType] = {
     "attempt": EventType.SENT,
@@ -120,9 +120,11 @@ class SMTPeterAdapter:
         """Every event in the body, in order, each normalized or refused on its own."""
         _check_media_type(request.content_type)
         builder = RequestBuilder()
-        for index, element in enumerate(read_elements(request.body)):
-            normalize = functools.partial(_normalize, element, request.received_at)
-            builder.add(index, element.body, normalize, names=_FIELD_NAMES)
+        elements = read_elements(request.body)
+        for index in range(len(elements.values)):
+            body = functools.partial(elements.body, index)
+            normalize = functools.partial(_normalize, elements, index, request.received_at)
+            builder.add(index, body, normalize, names=_FIELD_NAMES)
         return builder.result()
 
 
@@ -153,11 +155,11 @@ def _check_media_type(content_type: str) -> None:
         )
 
 
-def _normalize(element: JsonElement, received_at: datetime | None) -> NormalizedEvent:
-    record = element.value
+def _normalize(elements: JsonBody, index: int, received_at: datetime | None) -> NormalizedEvent:
+    record = elements.values[index]
     if not isinstance(record, dict):
         raise EventRefused(f"not a JSON object but {json_type(record)}")
-    if element.too_deep():
+    if elements.too_deep(index):
         raise EventRefused(f"nested deeper than {MAX_DEPTH} levels")
     name_key = "event" if "event" in record else "type"
     name = record.get(name_key)
