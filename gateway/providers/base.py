@@ -56,6 +56,20 @@ class SourceConfig:
     parameters: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class RefusedEvent:
+    index: int  # position of the event in the request (0 for a single event)
+    reason: str  # names the field, e.g. "event[3]: missing field 'event'"
+    # what to keep for replay: that event alone as JSON; JangoMail: the request body as is
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    events: list[NormalizedEvent]
+    refused: list[RefusedEvent]
+
+
 class ProviderAdapter(Protocol):
     provider: Provider
 

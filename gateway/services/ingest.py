@@ -9,11 +9,11 @@ event waits for nobody.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import cast
 
@@ -23,9 +23,14 @@ from gateway.batching import Batcher
 from gateway.domain.events import NormalizedEvent, Provider
 from gateway.domain.query import StoredEvent
 from gateway.ids import IdGenerator
-from gateway.providers.base import IngestRequest, PayloadError, SourceConfig
+from gateway.providers.base import (
+    IngestRequest,
+    ParsedRequest,
+    PayloadError,
+    RefusedEvent,
+    SourceConfig,
+)
 from gateway.providers.registry import ADAPTERS
-from gateway.storage import accounts as account_store
 from gateway.storage import events as event_store
 from gateway.storage.accounts import SourceRecord
 from gateway.storage.db import WalCheckpoints, begin_write, is_sqlite, open_connection, write_lock
@@ -252,110 +257,40 @@ class IngestWriter:
 
 def parse_request(
     provider: Provider, request: IngestRequest, source: SourceRecord
-) -> Sequence[NormalizedEvent]:
-    """``request``'s events, read by ``provider``'s adapter with ``source``'s settings;
-    PayloadError when it cannot be read."""
+) -> ParsedRequest:
+    """``request``'s events, read by ``provider``'s adapter with ``source``'s settings,
+    and the events it refused; PayloadError only when the body cannot be read at all.
+
+    Stand-in until the adapters refuse event by event: a request the adapter refuses
+    (or fails on) is read again element by element when it is a JSON array, each
+    element alone; otherwise it is one refused item, the whole request."""
     config = SourceConfig(timezone=source.timezone, parameters=source.parameters)
-    return ADAPTERS[provider].parse(request, config)
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayOutcome:
-    """What replaying one kept request did: its events stored (or found already
-    stored), or why it still cannot be read."""
-
-    payload: dict[str, object]
-    result: IngestResult | None
-    error: str | None = None
-
-
-class RejectedPayloads:
-    """Keeps every refused ingest request whole, with the reason, for replay.
-
-    A replay reads the kept request again with its source's settings as they are now
-    (a JangoMail parameter renamed, a time zone fixed, an adapter that learned a new
-    quirk) and stores what it carries; dedupe keys make a second replay a no-op.
-    """
-
-    def __init__(self, engine: AsyncEngine, ids: IdGenerator, writer: IngestWriter) -> None:
-        self._engine = engine
-        self._ids = ids
-        self._writer = writer
-
-    async def keep(
-        self,
-        *,
-        account_id: int | None,
-        source_id: int | None,
-        provider: str,
-        method: str,
-        path: str,
-        query: str,
-        content_type: str,
-        body: bytes,
-        status: int,
-        reason: str,
-    ) -> None:
-        async with begin_write(self._engine) as connection:
-            await account_store.save_rejected(
-                connection,
-                id=self._ids.next_id(),
-                account_id=account_id,
-                source_id=source_id,
-                provider=provider,
-                method=method,
-                path=path,
-                query=query,
-                content_type=content_type,
-                body=body,
-                status=status,
-                reason=reason,
-                received_at=datetime.now(UTC),
-            )
-
-    async def recent(
-        self, account_id: int, *, limit: int, before_id: int | None = None
-    ) -> list[dict[str, object]]:
-        async with self._engine.connect() as connection:
-            return await account_store.list_rejected(
-                connection, account_id=account_id, limit=limit, before_id=before_id
-            )
-
-    async def replay(self, account_id: int, rejected_id: int) -> ReplayOutcome | None:
-        """Read a kept request again and store its events; None if the account has no
-        such request."""
-        async with self._engine.connect() as connection:
-            kept = await account_store.get_rejected(
-                connection, account_id=account_id, rejected_id=rejected_id
-            )
-            source = (
-                None
-                if kept is None or kept["source_id"] is None
-                else await account_store.get_source(
-                    connection, account_id=account_id, source_id=int(kept["source_id"])
-                )
-            )
-        if kept is None:
-            return None
-        if source is None:
-            return ReplayOutcome(kept, None, "its ingest source has been deleted")
-        provider = Provider(source.provider)
-        path = str(kept["path"]).rstrip("/").split("/")
-        request = IngestRequest(
-            method=str(kept["method"]),
-            body=bytes(cast(bytes, kept["body"])),
-            content_type=str(kept["content_type"]),
-            query=urllib.parse.parse_qsl(str(kept["query"]), keep_blank_values=True),
-            # /ingest/jangomail/{token}/{event}
-            route_event=path[4] if provider is Provider.JANGOMAIL and len(path) > 4 else None,
-            received_at=cast(datetime, kept["received_at"]),
-        )
+    adapter = ADAPTERS[provider]
+    try:
+        return ParsedRequest(adapter.parse(request, config), [])
+    except PayloadError as problem:
+        if problem.status != 422:
+            raise
+        whole: Exception = problem
+    except Exception as exc:
+        whole = exc
+    try:
+        document = json.loads(request.body)
+    except (ValueError, RecursionError):
+        document = None
+    if not isinstance(document, list):
+        if isinstance(whole, PayloadError):
+            return ParsedRequest([], [RefusedEvent(0, whole.message, request.body)])
+        raise whole
+    parsed = ParsedRequest([], [])
+    for index, element in enumerate(document):
+        alone = json.dumps(element).encode()
         try:
-            events = parse_request(provider, request, source)
+            parsed.events.extend(adapter.parse(replace(request, body=alone), config))
         except PayloadError as problem:
-            return ReplayOutcome(kept, None, problem.message)
-        result = await self._writer.write(account_id, source.id, events)
-        now = datetime.now(UTC)
-        async with begin_write(self._engine) as connection:
-            await account_store.mark_replayed(connection, rejected_id=rejected_id, at=now)
-        return ReplayOutcome({**kept, "replayed_at": now}, result)
+            reason = problem.message.replace("event[0]", f"event[{index}]", 1)
+            parsed.refused.append(RefusedEvent(index, reason, alone))
+        except Exception as exc:
+            reason = f"event[{index}]: could not be read ({type(exc).__name__})"
+            parsed.refused.append(RefusedEvent(index, reason, alone))
+    return parsed
