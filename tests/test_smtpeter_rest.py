@@ -34,7 +34,15 @@ def test_message_id_default_window_is_open() -> None:
 
 
 @pytest.mark.parametrize(
-    ("start", "end"), [("2026-13-01", None), ("yesterday", None), ("2026-01-10", "2026-01-10")]
+    ("start", "end"),
+    [
+        ("2026-13-01", None),
+        ("yesterday", None),
+        ("2026-01-10", "2026-01-10"),
+        ("9999-12-01", None),
+        (None, "0001-01-01"),
+        ("9999-12-01", "9999-12-31"),
+    ],
 )
 def test_bad_window_is_refused(start: str, end: str | None) -> None:
     with pytest.raises(WindowError):
@@ -136,6 +144,29 @@ async def test_malformed_date_is_400(gateway: Gateway, account: CreatedAccount) 
         )
     assert response.status_code == 400
     assert "yyyy-mm-dd" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"start": "9999-12-01"},
+        {"end": "0001-01-01"},
+        {"start": "0001-01-01", "end": "9999-12-31"},
+        {"start": "9999-12-31"},
+        {"tags": "a\x00b"},
+    ],
+)
+async def test_edge_dates_and_nul_are_4xx_and_the_connection_stays(
+    gateway: Gateway, account: CreatedAccount, params: dict[str, str]
+) -> None:
+    async with gateway.client() as client:
+        response = await client.get(
+            "/v1/events/email/a@b.c", params={"access_token": account.api_key, **params}
+        )
+        assert response.status_code < 500, response.text
+        again = await client.get("/v1/events/email/a%00b", params={"access_token": account.api_key})
+    assert again.status_code == 400
+    assert again.json()["error"] == "email contains a NUL character"
 
 
 async def test_without_access_token_is_401(gateway: Gateway) -> None:
