@@ -18,12 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.api.responses import JSON, answered, basic_credentials, error
+from gateway.api.responses import JSON, UNAVAILABLE, answered, basic_credentials, error
 from gateway.domain.events import NormalizedEvent, Provider
 from gateway.providers.base import IngestRequest, PayloadError
 from gateway.providers.registry import provider_named
 from gateway.runtime import Services
-from gateway.services.ingest import parse_request
+from gateway.services.ingest import IngestResult, parse_request
 from gateway.services.rejections import IngestCall, Refusal, unknown_route_event
 from gateway.storage.accounts import SourceRecord
 
@@ -133,7 +133,17 @@ async def ingest(request: Request) -> Response:
     except PayloadError as problem:
         return await _refuse_whole(services, call, body, problem)
 
-    result = await services.writer.write(source.account_id, source.id, events)
+    try:
+        result = await services.writer.write(source.account_id, source.id, events)
+    except UNAVAILABLE:
+        raise  # 503: the provider sends it again
+    except Exception as exc:
+        # The database refused what was read (a value it cannot hold): keep the request
+        # whole, for a replay once the cause is mended, rather than fail it.
+        log.warning("could not store %s events of source %s: %r", provider.value, source.id, exc)
+        result = IngestResult(0, 0, ())
+        reason = f"the database refused this request's events ({type(exc).__name__})"
+        refusals = [Refusal(_REFUSED_EVENT_STATUS, reason, body.data)]
     # Events the database refused, once the writer reports them one by one, join
     # ``refusals`` here: kept and answered like the events the adapter refused.
     await services.rejections.keep(call, refusals)

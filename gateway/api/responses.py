@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 # Failures of what a route depends on, not of what it was sent: worth a retry.
-UNAVAILABLE = (DBAPIError, RedisError, OSError, TimeoutError)
+UNAVAILABLE = (OperationalError, InterfaceError, RedisError, OSError, TimeoutError)
 
 
 class JSON(Response):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
 
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.domain.events import Provider
@@ -185,7 +186,10 @@ class RejectedPayloads:
             return ReplayOutcome(
                 kept, None, f"the gateway could not read it ({type(exc).__name__})"
             )
-        result = await self._writer.write(account_id, source.id, parsed.events)
+        try:
+            result = await self._writer.write(account_id, source.id, parsed.events)
+        except (DataError, IntegrityError, OverflowError) as exc:
+            return ReplayOutcome(kept, None, f"the database refused its events ({exc!r})")
         if parsed.refused:
             return ReplayOutcome(kept, result, "; ".join(r.reason for r in parsed.refused))
         now = datetime.now(UTC)
