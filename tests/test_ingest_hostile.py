@@ -97,21 +97,38 @@ async def assert_refusals_listed(
         assert [item["status"] for item in new] == [response.status_code]
 
 
+CONTENT_TYPES = [
+    "application/json",
+    "application/json; charset=latin-1",
+    "text/plain",
+    "",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "image/png",
+]
+
+
 @HYPOTHESIS
-@given(provider=st.sampled_from(["brevo", "smtpeter"]), sent=bodies)
+@given(
+    route=st.sampled_from(["brevo", "smtpeter", "jangomail/open", "jangomail/nonesuch"]),
+    sent=bodies,
+    content_type=st.sampled_from(CONTENT_TYPES),
+)
 async def test_any_body_is_answered_below_500_and_what_is_refused_is_kept(
     gateway: Gateway,
     account: CreatedAccount,
     api: httpx.AsyncClient,
-    provider: str,
+    route: str,
     sent: tuple[str, Any],
+    content_type: str,
 ) -> None:
+    provider, _, event = route.partition("/")
     since = await newest_kept(api)
     async with gateway.client() as client:
         response = await client.post(
-            f"/ingest/{provider}/{account.ingest_tokens[provider]}",
+            f"/ingest/{provider}/{account.ingest_tokens[provider]}/{event}".rstrip("/"),
             content=encoded(*sent),
-            headers={"content-type": "application/json"},
+            headers={"content-type": content_type},
         )
     await assert_refusals_listed(api, since, response)
 

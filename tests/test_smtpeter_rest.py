@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import date
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.api.smtpeter_rest import WindowError, add_months, window
 from gateway.services.accounts import CreatedAccount
@@ -212,3 +215,28 @@ async def test_metrics_count_stored_events(gateway: Gateway, account: CreatedAcc
         assert response.json()["stored"] == 2
         after = stored((await client.get("/metrics")).text)
     assert after - before == 2
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    kind=st.sampled_from(["messageid", "email", "template", "tags", "other"]),
+    value=st.text(min_size=1),
+    params=st.dictionaries(st.sampled_from(["start", "end", "tags"]), st.text(), max_size=3),
+)
+async def test_any_parameters_are_answered_below_500(
+    gateway: Gateway, account: CreatedAccount, kind: str, value: str, params: dict[str, str]
+) -> None:
+    def sendable(text: str) -> str:  # a URL cannot carry a lone surrogate
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+    async with gateway.client() as client:
+        response = await client.get(
+            f"/v1/events/{kind}/{quote(sendable(value), safe='')}",
+            params={"access_token": account.api_key}
+            | {name: sendable(text) for name, text in params.items()},
+        )
+    assert response.status_code < 500, response.text
