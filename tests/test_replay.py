@@ -10,7 +10,9 @@ from urllib.parse import urlencode
 import httpx
 
 from gateway.api.ingest import KEPT_PREFIX_BYTES
+from gateway.domain.events import Provider
 from gateway.services.accounts import CreatedAccount
+from gateway.services.rejections import IngestCall, Refusal
 from tests.conftest import Gateway
 from tests.support import brevo_event, gql, gql_errors, ingest_brevo
 
@@ -169,3 +171,16 @@ async def test_a_body_kept_in_part_is_not_replayed(
     assert (
         result["error"] == f"only the first {KEPT_PREFIX_BYTES} of its {len(sent)} bytes were kept"
     )
+
+
+async def test_a_reason_quoting_a_nul_or_a_lone_surrogate_is_kept_escaped(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient
+) -> None:
+    """A reason may quote what was sent; neither database nor JSON holds these two."""
+    sources = await gateway.services.accounts.list_sources(account.account_id)
+    call = IngestCall(account.account_id, sources[0].id, Provider.BREVO, "POST", None, "", "")
+    await gateway.services.rejections.keep(
+        call, [Refusal(422, "event[0]: field 'a\x00\ud800' is not text", b"{}", 0)]
+    )
+    [kept] = (await gql(api, PAYLOADS))["rejectedPayloads"]
+    assert kept["reason"] == "event[0]: field 'a\\x00\\ud800' is not text"

@@ -24,7 +24,7 @@ from gateway.providers.base import IngestRequest, PayloadError
 from gateway.providers.registry import provider_named
 from gateway.runtime import Services
 from gateway.services.ingest import IngestResult, parse_request
-from gateway.services.rejections import IngestCall, Refusal, unknown_route_event
+from gateway.services.rejections import IngestCall, Refusal, storable, unknown_route_event
 from gateway.storage.accounts import SourceRecord
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ async def ingest(request: Request) -> Response:
             "stored": result.stored,
             "duplicates": result.duplicates,
             "ids": [str(event_id) for event_id in result.ids],
-            "rejected": [{"index": r.index, "reason": r.reason} for r in refusals],
+            "rejected": [{"index": r.index, "reason": storable(r.reason)} for r in refusals],
         }
     )
 
@@ -207,7 +207,7 @@ async def _refuse_whole(
         call, [Refusal(problem.status, problem.message, body.data, size=body.size)]
     )
     services.metrics.inc("gateway_ingest_rejected_total", provider=call.provider.value)
-    return error(problem.status, problem.message)
+    return error(problem.status, storable(problem.message))
 
 
 routes = [

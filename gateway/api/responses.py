@@ -46,17 +46,22 @@ def answered(endpoint: Endpoint) -> Endpoint:
     async def guarded(request: Request) -> Response:
         try:
             return await endpoint(request)
-        except UNAVAILABLE as exc:
-            # The route's name, not its path: an ingest path holds a token.
-            log.warning("%s: unavailable: %r", endpoint.__name__, exc)
-            answer = error(503, f"temporarily unavailable ({type(exc).__name__}); try again")
-            answer.headers["retry-after"] = "5"
-            return answer
-        except Exception:
-            log.exception("%s failed", endpoint.__name__)
-            return error(500, "internal error; it has been logged")
+        except Exception as exc:
+            return failure(endpoint.__name__, exc)
 
     return guarded
+
+
+def failure(where: str, exc: Exception) -> Response:
+    """The answer to an exception that escaped a route (``where`` names the route, not
+    its path: an ingest path holds a token)."""
+    if isinstance(exc, UNAVAILABLE):
+        log.warning("%s: unavailable: %r", where, exc)
+        answer = error(503, f"temporarily unavailable ({type(exc).__name__}); try again")
+        answer.headers["retry-after"] = "5"
+        return answer
+    log.error("%s failed", where, exc_info=exc)
+    return error(500, "internal error; it has been logged")
 
 
 def bearer_token(header: str | None) -> str | None:

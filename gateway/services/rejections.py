@@ -39,6 +39,15 @@ def unknown_route_event(provider: Provider, route_event: str | None) -> str | No
     return f"unknown JangoMail event {route_event!r}: use one of {', '.join(jangomail.EVENTS)}"
 
 
+def storable(text: str) -> str:
+    """``text`` as both databases and JSON can hold it: a reason may quote what was
+    sent, and neither a NUL (PostgreSQL) nor a lone surrogate (UTF-8) can be stored or
+    answered; each is written as its escape."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 def kept_path(provider: Provider, route_event: str | None) -> str:
     """The ingest path as it is kept: the token replaced, the route's event quoted."""
     path = f"/ingest/{provider.value.lower()}/{TOKEN_PLACEHOLDER}"
@@ -119,12 +128,12 @@ class RejectedPayloads:
                 "method": call.method,
                 "path": kept_path(call.provider, call.route_event),
                 "query": call.query,
-                "content_type": call.content_type,
+                "content_type": storable(call.content_type),
                 "body": refusal.body,
                 "size": len(refusal.body) if refusal.size is None else refusal.size,
                 "event_index": refusal.index,
                 "status": refusal.status,
-                "reason": refusal.reason,
+                "reason": storable(refusal.reason),
                 "received_at": now,
             }
             for row_id, refusal in zip(ids, refusals, strict=True)

@@ -32,7 +32,7 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 
 from gateway.api.graphql.context import Context
 from gateway.api.graphql.subscriptions import LIVE_SINK, LiveSink
-from gateway.api.responses import bearer_token, error
+from gateway.api.responses import bearer_token, error, failure
 from gateway.runtime import Services
 
 UNAUTHORIZED = "missing or invalid API key: send 'Authorization: Bearer <api key>'"
@@ -165,6 +165,26 @@ class GatewayGraphQL(GraphQL[Context, None]):
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._handle(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        # Answered here, not raised: uvicorn closes the connection of an app that
+        # raises, failing the client's next request on it too.
+        try:
+            await self._handle(scope, receive, sending)
+        except Exception as exc:
+            if started:
+                raise
+            await failure("graphql", exc)(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             request = Request(scope, receive)
             if not _wants_graphiql(request):
