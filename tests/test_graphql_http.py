@@ -3,12 +3,16 @@ connection stays usable."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.services.accounts import CreatedAccount
 from tests.conftest import Gateway
+from tests.strategies import json_values
 from tests.support import gql
 
 
@@ -83,3 +87,23 @@ async def test_a_deeply_nested_body_is_400(api: httpx.AsyncClient) -> None:
         api, f'{{"query": "{{ __typename }}", "variables": {variables}}}'.encode()
     )
     assert response.status_code == 400
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    content=st.binary(max_size=200)
+    | json_values.map(lambda value: json.dumps(value).encode())
+    | st.fixed_dictionaries({"query": st.text() | json_values, "variables": json_values}).map(
+        lambda value: json.dumps(value).encode()
+    ),
+    content_type=st.sampled_from(["application/json", "text/plain", "multipart/form-data", ""]),
+)
+async def test_any_body_is_answered_below_500(
+    api: httpx.AsyncClient, content: bytes, content_type: str
+) -> None:
+    response = await post(api, content, content_type)
+    assert response.status_code < 500, response.text

@@ -13,22 +13,9 @@ from hypothesis import strategies as st
 
 from gateway.services.accounts import CreatedAccount
 from tests.conftest import Gateway
+from tests.strategies import json_values
 from tests.support import brevo_event, gql
 
-# Every JSON value, with what JSON parsers trip on: integers past 64 bits, huge and
-# non-finite floats, lone surrogates, control characters.
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=2**63 - 2, max_value=2**70)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
-    max_leaves=12,
-)
 BREVO_FIELDS = [*brevo_event(), "ts_epoch", "tag", "link", "reason", "s_epoch"]
 SMTPETER_FIELDS = ["event", "type", "id", "recipient", "time", "status", "code", "tags", "size"]
 
