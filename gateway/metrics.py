@@ -8,7 +8,7 @@ from collections import Counter
 KNOWN: dict[str, str] = {
     "gateway_ingest_events_total": "Events stored",
     "gateway_ingest_duplicates_total": "Events already stored (provider retries)",
-    "gateway_ingest_rejected_total": "Ingest requests refused",
+    "gateway_ingest_rejected_total": "Refused ingest requests and events, kept for replay",
     "gateway_ingest_unauthorized_total": "Ingest requests without a source's Basic credentials",
 }
 

@@ -25,7 +25,8 @@ from gateway.live.attempts import attempt_publisher
 from gateway.metrics import Metrics
 from gateway.services.accounts import AccountService
 from gateway.services.events import EventQueries
-from gateway.services.ingest import IngestWriter, RejectedPayloads
+from gateway.services.ingest import IngestWriter
+from gateway.services.rejections import RejectedPayloads
 from gateway.services.webhooks import DeliveryQueue, WebhookService
 from gateway.settings import Settings
 from gateway.storage.db import is_sqlite, make_engine, migrate, schema_state

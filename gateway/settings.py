@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     # The most events one SMTPeter-compatible REST answer holds.
     rest_max_events: int = 10000
 
-    # GraphQL limits.
+    # GraphQL limits. A /graphql body over this size is refused with 413 before it is
+    # read whole.
+    max_graphql_body_bytes: int = 1024 * 1024
     max_query_depth: int = 12
     max_page_size: int = 500
     default_page_size: int = 50

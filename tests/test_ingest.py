@@ -1,11 +1,15 @@
-"""Ingest over HTTP: every provider's route, deduplication, refusals kept for replay."""
+"""Ingest over HTTP: every provider's route, deduplication, and refusals: a readable
+body is stored event by event, each refused event kept alone; a body that cannot be read
+is answered 4xx and kept whole (past the size limit, its start and its size)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
+from gateway.api.ingest import KEPT_PREFIX_BYTES
 from gateway.services.accounts import CreatedAccount
 from tests.conftest import Gateway
 from tests.support import body, brevo_event, gql
@@ -56,7 +60,7 @@ async def test_provider_retry_is_stored_once(gateway: Gateway, account: CreatedA
             url, content=payload, headers={"content-type": "application/json"}
         )
     assert first.json()["stored"] == 1
-    assert again.json() == {"stored": 0, "duplicates": 1, "ids": []}
+    assert again.json() == {"stored": 0, "duplicates": 1, "ids": [], "rejected": []}
     assert len(await nodes(gateway, account)) == 1
 
 
@@ -164,42 +168,148 @@ async def test_malformed_json_is_400_and_kept(gateway: Gateway, account: Created
     [kept] = await gateway.services.rejections.recent(account.account_id, limit=5)
     assert kept["body"] == b'{"event": "delivered", '
     assert kept["status"] == 400
+    assert kept["event_index"] is None
 
 
-async def test_missing_field_is_422_naming_it(gateway: Gateway, account: CreatedAccount) -> None:
-    event = {name: value for name, value in brevo_event().items() if not name.startswith("ts")}
-    event.pop("date", None)
+async def test_a_bad_event_is_kept_alone_and_the_good_ones_are_stored(
+    gateway: Gateway, account: CreatedAccount
+) -> None:
+    """Brevo discards a batch answered 4xx: one bad event must not cost the others."""
+    bad = {name: value for name, value in brevo_event(event="opened").items() if "ts" not in name}
+    del bad["date"]
+    good = [brevo_event(event="delivered"), brevo_event(event="click", link="https://e.x/")]
     async with gateway.client() as client:
         response = await client.post(
             f"/ingest/brevo/{account.ingest_tokens['brevo']}",
-            content=body([brevo_event(), event]),
+            content=body([good[0], bad, good[1]]),
             headers={"content-type": "application/json"},
         )
-    assert response.status_code == 422
-    assert response.json()["error"].startswith("event[1]: missing time")
-    assert await nodes(gateway, account) == []
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["stored"], answer["duplicates"], len(answer["ids"])) == (2, 0, 2)
+    [rejected] = answer["rejected"]
+    assert rejected["index"] == 1
+    assert rejected["reason"].startswith("event[1]: missing time")
+    assert sorted(node["type"] for node in await nodes(gateway, account)) == [
+        "CLICKED",
+        "DELIVERED",
+    ]
     [kept] = await gateway.services.rejections.recent(account.account_id, limit=5)
-    assert json.loads(kept["body"])[1] == event
+    assert json.loads(kept["body"]) == bad
+    assert (kept["event_index"], kept["status"], kept["reason"]) == (1, 422, rejected["reason"])
 
 
-async def test_wrong_media_type_is_415(gateway: Gateway, account: CreatedAccount) -> None:
+async def test_smtpeter_bad_record_is_kept_alone(gateway: Gateway, account: CreatedAccount) -> None:
+    payload = [
+        {"event": "delivery", "data": {"id": "m2", "recipient": "a@example.com", "time": 1}},
+        {"event": "delivery", "data": {"id": "m2"}},
+    ]
+    async with gateway.client() as client:
+        response = await client.post(
+            f"/ingest/smtpeter/{account.ingest_tokens['smtpeter']}",
+            content=body(payload),
+            headers={"content-type": "application/json"},
+        )
+    assert response.json()["stored"] == 1
+    [refused] = response.json()["rejected"]
+    assert refused["index"] == 1 and "recipient" in refused["reason"]
+    [kept] = await gateway.services.rejections.recent(account.account_id, limit=5)
+    assert json.loads(kept["body"]) == payload[1]
+
+
+async def test_wrong_media_type_is_415_and_kept(gateway: Gateway, account: CreatedAccount) -> None:
     async with gateway.client() as client:
         response = await client.post(
             f"/ingest/brevo/{account.ingest_tokens['brevo']}", data={"a": "b"}
         )
     assert response.status_code == 415
+    [kept] = await gateway.services.rejections.recent(account.account_id, limit=5)
+    assert (kept["status"], kept["body"]) == (415, b"a=b")
 
 
-async def test_body_over_the_limit_is_413(gateway: Gateway, account: CreatedAccount) -> None:
+async def test_body_over_the_limit_is_413_and_its_start_kept_with_its_size(
+    gateway: Gateway, account: CreatedAccount
+) -> None:
     limit = gateway.settings.max_body_bytes
+    sent = b"[" + b" " * limit + b"]"
     async with gateway.client() as client:
         response = await client.post(
             f"/ingest/brevo/{account.ingest_tokens['brevo']}",
-            content=b"[" + b" " * limit + b"]",
+            content=sent,
             headers={"content-type": "application/json"},
         )
     assert response.status_code == 413
-    assert "limit" in response.json()["error"]
+    assert f"over the limit of {limit}" in response.json()["error"]
+    [kept] = await gateway.services.rejections.recent(account.account_id, limit=5)
+    assert kept["body"] == sent[:KEPT_PREFIX_BYTES]
+    assert kept["size"] == len(sent)
+
+
+async def test_streamed_body_over_the_limit_is_counted_to_its_end(
+    gateway: Gateway, account: CreatedAccount
+) -> None:
+    """Without a Content-Length (chunked), the size is counted as the body streams in."""
+    limit = gateway.settings.max_body_bytes
+    chunk = b" " * 65_536
+    chunks = limit // len(chunk) + 3
+
+    async def stream() -> AsyncIterator[bytes]:
+        for _ in range(chunks):
+            yield chunk
+
+    async with gateway.client() as client:
+        response = await client.post(
+            f"/ingest/smtpeter/{account.ingest_tokens['smtpeter']}",
+            content=stream(),
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 413
+    [kept] = await gateway.services.rejections.recent(account.account_id, limit=5)
+    assert (len(kept["body"]), kept["size"]) == (KEPT_PREFIX_BYTES, chunks * len(chunk))
+
+
+async def test_unknown_jangomail_event_is_404_naming_the_seven_and_kept(
+    gateway: Gateway, account: CreatedAccount
+) -> None:
+    query = urlencode({"EmailAddress": "a@example.com", "OpenDateTime": "1/28/2015 9:55:00 AM"})
+    async with gateway.client() as client:
+        response = await client.get(
+            f"/ingest/jangomail/{account.ingest_tokens['jangomail']}/opne?{query}"
+        )
+    assert response.status_code == 404
+    assert response.json()["error"] == (
+        "unknown JangoMail event 'opne': use one of "
+        "sent, open, click, unsubscribe, bounce, complaint, block"
+    )
+    assert await nodes(gateway, account) == []
+    [kept] = await gateway.services.rejections.recent(account.account_id, limit=5)
+    assert (kept["status"], kept["reason"]) == (404, response.json()["error"])
+    assert (kept["path"], kept["query"]) == ("/ingest/jangomail/{token}/opne", query)
+
+
+async def test_no_ingest_token_is_kept_in_clear(gateway: Gateway, account: CreatedAccount) -> None:
+    async with gateway.client() as client:
+        for provider, route in (
+            ("brevo", ""),
+            ("smtpeter", ""),
+            ("jangomail", "/open"),
+            ("jangomail", "/nonesuch"),
+        ):
+            await client.post(
+                f"/ingest/{provider}/{account.ingest_tokens[provider]}{route}",
+                content=b"{not json",
+                headers={"content-type": "application/json"},
+            )
+    kept = await gateway.services.rejections.recent(account.account_id, limit=10)
+    assert sorted(row["path"] for row in kept) == [
+        "/ingest/brevo/{token}",
+        "/ingest/jangomail/{token}/nonesuch",
+        "/ingest/jangomail/{token}/open",
+        "/ingest/smtpeter/{token}",
+    ]
+    for row in kept:
+        for token in account.ingest_tokens.values():
+            assert token not in repr(row)
 
 
 async def test_unknown_token_is_404(gateway: Gateway) -> None:

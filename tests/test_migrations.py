@@ -4,13 +4,14 @@ databases: a column added to a model without a migration (or the reverse) fails 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlmodel import SQLModel
 
 import gateway.storage.models  # noqa: F401  (the tables)
@@ -98,3 +99,50 @@ async def test_a_schema_newer_than_the_code_is_ready(tmp_path: Path) -> None:
         )
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_migration_0007_removes_kept_tokens_and_records_sizes(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Rows kept before 0007 held the clear ingest token in their path."""
+    if backend == "postgres":
+        database_url = request.getfixturevalue("postgres_url").rsplit("/", 1)[0]
+        database_url = f"{database_url}/gateway_tokens_{uuid.uuid4().hex[:8]}"
+        _admin(f'CREATE DATABASE "{database_url.rsplit("/", 1)[1]}"')
+    else:
+        database_url = f"sqlite:///{tmp_path / 'tokens.db'}"
+    engine = make_engine(async_database_url(database_url))
+    paths = {
+        1: "/ingest/brevo/src_secret1",
+        2: "/ingest/jangomail/src_secret2/open",
+        3: "/ingest/smtpeter/{token}",
+    }
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda sync: command_upgrade(sync, "0005"))
+            for row_id, path in paths.items():
+                await connection.execute(
+                    text(
+                        "INSERT INTO rejected_payloads (id, provider, method, path, query, "
+                        "content_type, body, status, reason, received_at) VALUES (:id, "
+                        "'BREVO', 'POST', :path, '', '', :body, 400, 'r', :at)"
+                    ),
+                    {"id": row_id, "path": path, "body": b"x" * row_id, "at": datetime.now(UTC)},
+                )
+        await migrate(engine)
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    text("SELECT id, path, size FROM rejected_payloads ORDER BY id")
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+        if backend == "postgres":
+            _admin(f'DROP DATABASE IF EXISTS "{database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    assert [tuple(row) for row in rows] == [
+        (1, "/ingest/brevo/{token}", 1),
+        (2, "/ingest/jangomail/{token}/open", 2),
+        (3, "/ingest/smtpeter/{token}", 3),
+    ]

@@ -1,19 +1,24 @@
-"""A refused ingest request is kept whole; once the cause is fixed (here: a JangoMail
+"""A refused ingest request is kept whole, a refused event of a batch alone; once the cause is fixed (here: a JangoMail
 parameter the customer renamed on JangoMail's side), replaying it stores its events,
 and replaying again stores nothing twice. Nothing crosses accounts."""
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlencode
 
 import httpx
 
+from gateway.api.ingest import KEPT_PREFIX_BYTES
+from gateway.domain.events import Provider
 from gateway.services.accounts import CreatedAccount
+from gateway.services.rejections import IngestCall, Refusal
 from tests.conftest import Gateway
-from tests.support import gql, gql_errors
+from tests.support import brevo_event, gql, gql_errors, ingest_brevo
 
 PAYLOADS = (
-    "{ rejectedPayloads { id provider sourceId method contentType status reason body replayedAt } }"
+    "{ rejectedPayloads { id provider sourceId method contentType status reason index body "
+    "size truncated replayedAt } }"
 )
 REPLAY = (
     "mutation($id: ID!) { replayRejectedPayload(id: $id) { stored duplicates error "
@@ -41,11 +46,12 @@ async def test_a_fixed_source_replays_what_it_refused(
     gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient
 ) -> None:
     refused = await refused_open(gateway, account)
-    assert refused.status_code == 422, refused.text
+    assert refused.status_code == 200, refused.text
+    [answered] = refused.json()["rejected"]
 
     [kept] = (await gql(api, PAYLOADS))["rejectedPayloads"]
     assert (kept["provider"], kept["method"], kept["status"]) == ("JANGOMAIL", "GET", 422)
-    assert kept["reason"] == refused.json()["error"]
+    assert (kept["index"], kept["reason"]) == (answered["index"], answered["reason"])
     assert kept["replayedAt"] is None
 
     # Still unreadable: the error says why and nothing is stored or marked.
@@ -89,6 +95,7 @@ async def test_malformed_json_keeps_its_bytes_and_its_reason(
     [kept] = (await gql(api, PAYLOADS))["rejectedPayloads"]
     assert kept["body"] == '{"event": "delivered", "subject": "Grüße"'
     assert kept["contentType"] == "application/json"
+    assert (kept["index"], kept["size"], kept["truncated"]) == (None, 43, False)
     result = (await gql(api, REPLAY, id=kept["id"]))["replayRejectedPayload"]
     assert result["stored"] == 0 and "not valid JSON" in result["error"]
 
@@ -119,3 +126,61 @@ async def test_paging_and_bad_arguments_name_the_field(
     assert error["extensions"]["field"] == "first"
     [error] = await gql_errors(api, 'mutation { replayRejectedPayload(id: "x") { stored } }')
     assert error["extensions"]["field"] == "id"
+
+
+async def test_a_refused_event_is_replayed_alone(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient
+) -> None:
+    """A batch's refused event is kept as its own item: its replay reads that event
+    only, not the batch's good events again."""
+    bad = brevo_event(event="opened", template_id=[22])
+    await ingest_brevo(gateway, account, brevo_event(event="delivered"), bad)
+    [kept] = (await gql(api, PAYLOADS))["rejectedPayloads"]
+    assert (kept["index"], json.loads(kept["body"])) == (1, bad)
+    result = (await gql(api, REPLAY, id=kept["id"]))["replayRejectedPayload"]
+    assert (result["stored"], result["duplicates"]) == (0, 0)
+    assert "template_id" in result["error"]
+    assert result["payload"]["replayedAt"] is None
+
+
+async def test_an_unknown_jangomail_event_is_not_stored_by_a_replay(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient
+) -> None:
+    query = urlencode({"EmailAddress": "a@example.com", "EventDateTime": "1/28/2015 9:55:00 AM"})
+    async with gateway.client() as client:
+        await client.get(f"/ingest/jangomail/{account.ingest_tokens['jangomail']}/x?{query}")
+    [kept] = (await gql(api, PAYLOADS))["rejectedPayloads"]
+    result = (await gql(api, REPLAY, id=kept["id"]))["replayRejectedPayload"]
+    assert result["stored"] == 0 and result["error"].startswith("unknown JangoMail event 'x'")
+
+
+async def test_a_body_kept_in_part_is_not_replayed(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient
+) -> None:
+    sent = b"[" + b" " * gateway.settings.max_body_bytes + b"]"
+    async with gateway.client() as client:
+        await client.post(
+            f"/ingest/brevo/{account.ingest_tokens['brevo']}",
+            content=sent,
+            headers={"content-type": "application/json"},
+        )
+    [kept] = (await gql(api, PAYLOADS))["rejectedPayloads"]
+    assert (kept["status"], kept["size"], kept["truncated"]) == (413, len(sent), True)
+    assert len(kept["body"]) == KEPT_PREFIX_BYTES
+    result = (await gql(api, REPLAY, id=kept["id"]))["replayRejectedPayload"]
+    assert (
+        result["error"] == f"only the first {KEPT_PREFIX_BYTES} of its {len(sent)} bytes were kept"
+    )
+
+
+async def test_a_reason_quoting_a_nul_or_a_lone_surrogate_is_kept_escaped(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient
+) -> None:
+    """A reason may quote what was sent; neither database nor JSON holds these two."""
+    sources = await gateway.services.accounts.list_sources(account.account_id)
+    call = IngestCall(account.account_id, sources[0].id, Provider.BREVO, "POST", None, "", "")
+    await gateway.services.rejections.keep(
+        call, [Refusal(422, "event[0]: field 'a\x00\ud800' is not text", b"{}", 0)]
+    )
+    [kept] = (await gql(api, PAYLOADS))["rejectedPayloads"]
+    assert kept["reason"] == "event[0]: field 'a\\x00\\ud800' is not text"

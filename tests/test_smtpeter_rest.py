@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import date
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.api.smtpeter_rest import WindowError, add_months, window
 from gateway.services.accounts import CreatedAccount
@@ -34,7 +37,15 @@ def test_message_id_default_window_is_open() -> None:
 
 
 @pytest.mark.parametrize(
-    ("start", "end"), [("2026-13-01", None), ("yesterday", None), ("2026-01-10", "2026-01-10")]
+    ("start", "end"),
+    [
+        ("2026-13-01", None),
+        ("yesterday", None),
+        ("2026-01-10", "2026-01-10"),
+        ("9999-12-01", None),
+        (None, "0001-01-01"),
+        ("9999-12-01", "9999-12-31"),
+    ],
 )
 def test_bad_window_is_refused(start: str, end: str | None) -> None:
     with pytest.raises(WindowError):
@@ -138,6 +149,29 @@ async def test_malformed_date_is_400(gateway: Gateway, account: CreatedAccount) 
     assert "yyyy-mm-dd" in response.json()["error"]
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"start": "9999-12-01"},
+        {"end": "0001-01-01"},
+        {"start": "0001-01-01", "end": "9999-12-31"},
+        {"start": "9999-12-31"},
+        {"tags": "a\x00b"},
+    ],
+)
+async def test_edge_dates_and_nul_are_4xx_and_the_connection_stays(
+    gateway: Gateway, account: CreatedAccount, params: dict[str, str]
+) -> None:
+    async with gateway.client() as client:
+        response = await client.get(
+            "/v1/events/email/a@b.c", params={"access_token": account.api_key, **params}
+        )
+        assert response.status_code < 500, response.text
+        again = await client.get("/v1/events/email/a%00b", params={"access_token": account.api_key})
+    assert again.status_code == 400
+    assert again.json()["error"] == "email contains a NUL character"
+
+
 async def test_without_access_token_is_401(gateway: Gateway) -> None:
     async with gateway.client() as client:
         response = await client.get("/v1/events/email/a@b.c")
@@ -181,3 +215,28 @@ async def test_metrics_count_stored_events(gateway: Gateway, account: CreatedAcc
         assert response.json()["stored"] == 2
         after = stored((await client.get("/metrics")).text)
     assert after - before == 2
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    kind=st.sampled_from(["messageid", "email", "template", "tags", "other"]),
+    value=st.text(min_size=1),
+    params=st.dictionaries(st.sampled_from(["start", "end", "tags"]), st.text(), max_size=3),
+)
+async def test_any_parameters_are_answered_below_500(
+    gateway: Gateway, account: CreatedAccount, kind: str, value: str, params: dict[str, str]
+) -> None:
+    def sendable(text: str) -> str:  # a URL cannot carry a lone surrogate
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+    async with gateway.client() as client:
+        response = await client.get(
+            f"/v1/events/{kind}/{quote(sendable(value), safe='')}",
+            params={"access_token": account.api_key}
+            | {name: sendable(text) for name, text in params.items()},
+        )
+    assert response.status_code < 500, response.text

@@ -1,44 +1,80 @@
 """Ingest routes: POST /ingest/brevo/{token}, GET|POST /ingest/jangomail/{token}/{event},
 POST /ingest/smtpeter/{token}.
 
-Read the body (bounded), let the provider's adapter parse it, store the events, answer
-with counts. Anything refused is answered with a 4xx that says why and kept whole.
+Read the body (bounded), let the provider's adapter parse it event by event, store the
+events it could read and keep each one it could not, answer with counts. A provider
+that discards a refused batch (Brevo) must never lose the good events in it, so a
+readable body is answered 200 with what was refused listed; only a body that cannot be
+read at all is answered 4xx. Everything refused is kept for replay.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.api.responses import JSON, basic_credentials, error
-from gateway.domain.events import Provider
+from gateway.api.responses import JSON, UNAVAILABLE, answered, basic_credentials, error
+from gateway.domain.events import NormalizedEvent, Provider
 from gateway.providers.base import IngestRequest, PayloadError
 from gateway.providers.registry import provider_named
 from gateway.runtime import Services
-from gateway.services.ingest import parse_request
+from gateway.services.ingest import IngestResult, parse_request
+from gateway.services.rejections import IngestCall, Refusal, storable, unknown_route_event
 from gateway.storage.accounts import SourceRecord
 
 log = logging.getLogger(__name__)
 
+# Of a body over the limit, this much is kept (with its true size): enough to see what
+# was sent, bounded whatever was sent.
+KEPT_PREFIX_BYTES = 64 * 1024
+# Past the limit the rest of a body of no declared length is read (and dropped) to
+# count its size, up to this many times the limit; beyond, the count is a lower bound.
+_COUNTED_LIMITS = 16
+# The status a refused event of a readable request is kept with: what it alone would
+# have been answered.
+_REFUSED_EVENT_STATUS = 422
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadError(f"body of {declared} bytes is over the limit of {limit}", status=413)
-    chunks: list[bytes] = []
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """A request's body, or past the limit its first bytes; ``size`` is its size."""
+
+    data: bytes
+    size: int
+
+    def over(self, limit: int) -> bool:
+        return self.size > limit
+
+
+async def _read_body(request: Request, limit: int) -> _Body:
+    """The body, read as it streams in; past ``limit`` only its first bytes are held."""
+    declared = request.headers.get("content-length", "")
+    declared_size = int(declared) if declared.isdigit() else None
+    # Declared over the limit: its first bytes are all that will be kept.
+    hold = KEPT_PREFIX_BYTES if declared_size is not None and declared_size > limit else limit
+    held = bytearray()
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise PayloadError(f"body is over the limit of {limit} bytes", status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if size <= hold:
+            held += chunk
+            continue
+        if len(held) < KEPT_PREFIX_BYTES:
+            held += chunk[: KEPT_PREFIX_BYTES - len(held)]
+        del held[KEPT_PREFIX_BYTES:]
+        if declared_size is not None or size > _COUNTED_LIMITS * limit:
+            break
+    if declared_size is not None and declared_size > size:
+        size = declared_size
+    return _Body(bytes(held), size)
 
 
+@answered
 async def ingest(request: Request) -> Response:
     services: Services = request.app.state.services
     provider = provider_named(request.path_params["provider"])
@@ -72,30 +108,50 @@ async def ingest(request: Request) -> Response:
         answer.headers["www-authenticate"] = 'Basic realm="gateway ingest", charset="UTF-8"'
         return answer
 
-    body = b""
-    try:
-        body = await _read_body(request, services.settings.max_body_bytes)
-        parsed = parse_request(
-            provider,
-            IngestRequest(
-                method=request.method,
-                body=body,
-                content_type=request.headers.get("content-type", ""),
-                # Only JangoMail reads a query string; parsing one is not free.
-                query=request.query_params.multi_items() if provider is Provider.JANGOMAIL else [],
-                route_event=route_event,
-                received_at=datetime.now(UTC),
-            ),
-            source,
+    call = IngestCall(
+        account_id=source.account_id,
+        source_id=source.id,
+        provider=provider,
+        method=request.method,
+        route_event=route_event,
+        query=request.url.query,
+        content_type=request.headers.get("content-type", ""),
+    )
+    limit = services.settings.max_body_bytes
+    body = await _read_body(request, limit)
+    if (unknown := unknown_route_event(provider, route_event)) is not None:
+        return await _refuse_whole(services, call, body, PayloadError(unknown, status=404))
+    if body.over(limit):
+        problem = PayloadError(
+            f"body of {body.size} bytes is over the limit of {limit}; "
+            f"its first {len(body.data)} bytes are kept",
+            status=413,
         )
-        if parsed.refused:
-            # Until events are accepted one by one here: the request is refused whole.
-            raise PayloadError(parsed.refused[0].reason, status=422)
+        return await _refuse_whole(services, call, body, problem)
+    try:
+        events, refusals = _parse(provider, request, body.data, source)
     except PayloadError as problem:
-        await _keep(services, request, source, body, problem)
-        services.metrics.inc("gateway_ingest_rejected_total", provider=provider.value)
-        return error(problem.status, problem.message)
-    result = await services.writer.write(source.account_id, source.id, parsed.events)
+        return await _refuse_whole(services, call, body, problem)
+
+    try:
+        result = await services.writer.write(source.account_id, source.id, events)
+    except UNAVAILABLE:
+        raise  # 503: the provider sends it again
+    except Exception as exc:
+        # The database refused what was read (a value it cannot hold): keep the request
+        # whole, for a replay once the cause is mended, rather than fail it.
+        log.warning("could not store %s events of source %s: %r", provider.value, source.id, exc)
+        result = IngestResult(0, 0, ())
+        reason = f"the database refused this request's events ({type(exc).__name__})"
+        refusals = [Refusal(_REFUSED_EVENT_STATUS, reason, body.data)]
+    # Events the database refused, once the writer reports them one by one, join
+    # ``refusals`` here: kept and answered like the events the adapter refused.
+    await services.rejections.keep(call, refusals)
+    if refusals:
+        log.info("kept %d refused %s events of source %s", len(refusals), provider.value, source.id)
+        services.metrics.inc(
+            "gateway_ingest_rejected_total", len(refusals), provider=provider.value
+        )
     services.metrics.inc("gateway_ingest_events_total", result.stored, provider=provider.value)
     services.metrics.inc(
         "gateway_ingest_duplicates_total", result.duplicates, provider=provider.value
@@ -105,26 +161,53 @@ async def ingest(request: Request) -> Response:
             "stored": result.stored,
             "duplicates": result.duplicates,
             "ids": [str(event_id) for event_id in result.ids],
+            "rejected": [{"index": r.index, "reason": storable(r.reason)} for r in refusals],
         }
     )
 
 
-async def _keep(
-    services: Services, request: Request, source: SourceRecord, body: bytes, problem: PayloadError
-) -> None:
-    log.info("refused %s ingest for source %s: %s", source.provider, source.id, problem.message)
-    await services.rejections.keep(
-        account_id=source.account_id,
-        source_id=source.id,
-        provider=source.provider,
+def _parse(
+    provider: Provider, request: Request, body: bytes, source: SourceRecord
+) -> tuple[list[NormalizedEvent], list[Refusal]]:
+    """The request's events and what of it is refused; PayloadError if the body cannot
+    be read at all.
+
+    An adapter failing in a way it did not foresee has met input nobody thought of,
+    not a bad request: the request is refused whole, kept, and answered 200 (so that
+    the provider does not discard it), for a replay once the adapter is mended."""
+    ingest_request = IngestRequest(
         method=request.method,
-        path=request.url.path,
-        query=request.url.query,
-        content_type=request.headers.get("content-type", ""),
         body=body,
-        status=problem.status,
-        reason=problem.message,
+        content_type=request.headers.get("content-type", ""),
+        # Only JangoMail reads a query string; parsing one is not free.
+        query=request.query_params.multi_items() if provider is Provider.JANGOMAIL else [],
+        route_event=request.path_params.get("event"),
+        received_at=datetime.now(UTC),
     )
+    try:
+        parsed = parse_request(provider, ingest_request, source)
+    except PayloadError:
+        raise
+    except Exception as exc:
+        log.exception("the %s adapter failed on a request of source %s", provider.value, source.id)
+        reason = f"the gateway could not read this request ({type(exc).__name__}); kept for replay"
+        return [], [Refusal(_REFUSED_EVENT_STATUS, reason, body)]
+    return parsed.events, [
+        Refusal(_REFUSED_EVENT_STATUS, refused.reason, refused.body, refused.index)
+        for refused in parsed.refused
+    ]
+
+
+async def _refuse_whole(
+    services: Services, call: IngestCall, body: _Body, problem: PayloadError
+) -> Response:
+    """Keep a request that cannot be read at all, and answer why."""
+    log.info("refused %s ingest for source %s: %s", call.provider.value, call.source_id, problem)
+    await services.rejections.keep(
+        call, [Refusal(problem.status, problem.message, body.data, size=body.size)]
+    )
+    services.metrics.inc("gateway_ingest_rejected_total", provider=call.provider.value)
+    return error(problem.status, storable(problem.message))
 
 
 routes = [

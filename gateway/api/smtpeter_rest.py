@@ -10,13 +10,13 @@ message id: all of that message's events).
 from __future__ import annotations
 
 import calendar
-from datetime import UTC, date, datetime, timedelta
+from datetime import MAXYEAR, MINYEAR, UTC, date, datetime, timedelta
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.api.responses import JSON, bearer_token, error
+from gateway.api.responses import JSON, answered, bearer_token, error
 from gateway.domain.query import EventFilter
 from gateway.providers import smtpeter
 from gateway.runtime import Services
@@ -24,14 +24,24 @@ from gateway.runtime import Services
 KINDS = ("messageid", "email", "template", "tags")
 
 
-class WindowError(ValueError):
-    pass
+class ParameterError(ValueError):
+    """A parameter the route cannot use: answered 400 with this message."""
+
+
+class WindowError(ParameterError):
+    """``start`` and ``end`` that make no window."""
 
 
 def add_months(day: date, months: int) -> date:
-    """``day`` moved by whole calendar months, clamped to the end of a shorter month."""
+    """``day`` moved by whole calendar months, clamped to the end of a shorter month;
+    WindowError past the calendar's ends (years 1 and 9999)."""
     index = day.year * 12 + day.month - 1 + months
     year, month = divmod(index, 12)
+    if not MINYEAR <= year <= MAXYEAR:
+        raise WindowError(
+            f"a window of a month from {day.isoformat()} leaves the calendar "
+            f"(years {MINYEAR} to {MAXYEAR})"
+        )
     last = calendar.monthrange(year, month + 1)[1]
     return date(year, month + 1, min(day.day, last))
 
@@ -74,6 +84,13 @@ def _tags(text: str | None) -> tuple[str, ...]:
     return tuple(tag for tag in (text or "").split(";") if tag)
 
 
+def _refuse_nul(name: str, value: str) -> None:
+    # No stored text holds one, and PostgreSQL refuses it in a query's parameters.
+    if "\x00" in value:
+        raise ParameterError(f"{name} contains a NUL character")
+
+
+@answered
 async def events(request: Request) -> Response:
     services: Services = request.app.state.services
     kind = request.path_params["kind"]
@@ -87,13 +104,15 @@ async def events(request: Request) -> Response:
     if account_id is None:
         return error(401, "missing or invalid access_token")
     try:
+        for name, text in ((kind, value), *request.query_params.multi_items()):
+            _refuse_nul(name, text)
         start, end = window(
             request.query_params.get("start"),
             request.query_params.get("end"),
             today=datetime.now(UTC).date(),
             default_open=kind == "messageid",
         )
-    except WindowError as problem:
+    except ParameterError as problem:
         return error(400, str(problem))
     tags = _tags(request.query_params.get("tags"))
     if kind == "tags":

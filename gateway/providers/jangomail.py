@@ -248,6 +248,12 @@ def render(
     return list(rendered.items())
 
 
+def canonical_event(name: str) -> str | None:
+    """The JangoMail event a route names (any case; plural and past forms too), or None
+    if it names none of EVENTS."""
+    return _canonical(name)
+
+
 def _canonical(name: str) -> str | None:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,9 +22,12 @@ from gateway.batching import Batcher
 from gateway.domain.events import NormalizedEvent, Provider
 from gateway.domain.query import StoredEvent
 from gateway.ids import IdGenerator
-from gateway.providers.base import IngestRequest, ParsedRequest, PayloadError, SourceConfig
+from gateway.providers.base import (
+    IngestRequest,
+    ParsedRequest,
+    SourceConfig,
+)
 from gateway.providers.registry import ADAPTERS
-from gateway.storage import accounts as account_store
 from gateway.storage import events as event_store
 from gateway.storage.accounts import SourceRecord
 from gateway.storage.db import WalCheckpoints, begin_write, is_sqlite, open_connection, write_lock
@@ -257,107 +259,3 @@ def parse_request(
     settings (each normalized or refused); PayloadError when it cannot be read at all."""
     config = SourceConfig(timezone=source.timezone, parameters=source.parameters)
     return ADAPTERS[provider].parse(request, config)
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayOutcome:
-    """What replaying one kept request did: its events stored (or found already
-    stored), or why it still cannot be read."""
-
-    payload: dict[str, object]
-    result: IngestResult | None
-    error: str | None = None
-
-
-class RejectedPayloads:
-    """Keeps every refused ingest request whole, with the reason, for replay.
-
-    A replay reads the kept request again with its source's settings as they are now
-    (a JangoMail parameter renamed, a time zone fixed, an adapter that learned a new
-    quirk) and stores what it carries; dedupe keys make a second replay a no-op.
-    """
-
-    def __init__(self, engine: AsyncEngine, ids: IdGenerator, writer: IngestWriter) -> None:
-        self._engine = engine
-        self._ids = ids
-        self._writer = writer
-
-    async def keep(
-        self,
-        *,
-        account_id: int | None,
-        source_id: int | None,
-        provider: str,
-        method: str,
-        path: str,
-        query: str,
-        content_type: str,
-        body: bytes,
-        status: int,
-        reason: str,
-    ) -> None:
-        async with begin_write(self._engine) as connection:
-            await account_store.save_rejected(
-                connection,
-                id=self._ids.next_id(),
-                account_id=account_id,
-                source_id=source_id,
-                provider=provider,
-                method=method,
-                path=path,
-                query=query,
-                content_type=content_type,
-                body=body,
-                status=status,
-                reason=reason,
-                received_at=datetime.now(UTC),
-            )
-
-    async def recent(
-        self, account_id: int, *, limit: int, before_id: int | None = None
-    ) -> list[dict[str, object]]:
-        async with self._engine.connect() as connection:
-            return await account_store.list_rejected(
-                connection, account_id=account_id, limit=limit, before_id=before_id
-            )
-
-    async def replay(self, account_id: int, rejected_id: int) -> ReplayOutcome | None:
-        """Read a kept request again and store its events; None if the account has no
-        such request."""
-        async with self._engine.connect() as connection:
-            kept = await account_store.get_rejected(
-                connection, account_id=account_id, rejected_id=rejected_id
-            )
-            source = (
-                None
-                if kept is None or kept["source_id"] is None
-                else await account_store.get_source(
-                    connection, account_id=account_id, source_id=int(kept["source_id"])
-                )
-            )
-        if kept is None:
-            return None
-        if source is None:
-            return ReplayOutcome(kept, None, "its ingest source has been deleted")
-        provider = Provider(source.provider)
-        path = str(kept["path"]).rstrip("/").split("/")
-        request = IngestRequest(
-            method=str(kept["method"]),
-            body=bytes(cast(bytes, kept["body"])),
-            content_type=str(kept["content_type"]),
-            query=urllib.parse.parse_qsl(str(kept["query"]), keep_blank_values=True),
-            # /ingest/jangomail/{token}/{event}
-            route_event=path[4] if provider is Provider.JANGOMAIL and len(path) > 4 else None,
-            received_at=cast(datetime, kept["received_at"]),
-        )
-        try:
-            parsed = parse_request(provider, request, source)
-        except PayloadError as problem:
-            return ReplayOutcome(kept, None, problem.message)
-        if parsed.refused:
-            return ReplayOutcome(kept, None, parsed.refused[0].reason)
-        result = await self._writer.write(account_id, source.id, parsed.events)
-        now = datetime.now(UTC)
-        async with begin_write(self._engine) as connection:
-            await account_store.mark_replayed(connection, rejected_id=rejected_id, at=now)
-        return ReplayOutcome({**kept, "replayed_at": now}, result)

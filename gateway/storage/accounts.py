@@ -1,4 +1,4 @@
-"""Accounts, API keys, ingest sources and rejected payloads.
+"""Accounts, API keys and ingest sources.
 
 Secrets arrive here already hashed: storage never sees a key or token in clear.
 """
@@ -14,12 +14,11 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.storage.models import Account, ApiKey, IngestSource, RejectedPayload
+from gateway.storage.models import Account, ApiKey, IngestSource
 
 accounts_table = Account.__table__  # type: ignore[attr-defined]
 keys_table = ApiKey.__table__  # type: ignore[attr-defined]
 sources_table = IngestSource.__table__  # type: ignore[attr-defined]
-rejected_table = RejectedPayload.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,37 +188,3 @@ async def delete_source(connection: AsyncConnection, *, account_id: int, source_
         )
     )
     return bool(result.rowcount)
-
-
-async def save_rejected(connection: AsyncConnection, **values: Any) -> None:
-    """Keep a refused request whole (id, provider, method, path, query, body, status, …)."""
-    await connection.execute(insert(rejected_table).values(**values))
-
-
-async def list_rejected(
-    connection: AsyncConnection, *, account_id: int, limit: int, before_id: int | None = None
-) -> list[dict[str, Any]]:
-    """An account's refused requests, newest first (before ``before_id``, if given)."""
-    query = select(rejected_table).where(rejected_table.c.account_id == account_id)
-    if before_id is not None:
-        query = query.where(rejected_table.c.id < before_id)
-    result = await connection.execute(query.order_by(rejected_table.c.id.desc()).limit(limit))
-    return [dict(row) for row in result.mappings()]
-
-
-async def get_rejected(
-    connection: AsyncConnection, *, account_id: int, rejected_id: int
-) -> dict[str, Any] | None:
-    result = await connection.execute(
-        select(rejected_table).where(
-            rejected_table.c.account_id == account_id, rejected_table.c.id == rejected_id
-        )
-    )
-    row = result.mappings().one_or_none()
-    return None if row is None else dict(row)
-
-
-async def mark_replayed(connection: AsyncConnection, *, rejected_id: int, at: datetime) -> None:
-    await connection.execute(
-        update(rejected_table).where(rejected_table.c.id == rejected_id).values(replayed_at=at)
-    )

@@ -98,7 +98,8 @@ class TagCount(SQLModel, table=True):
 
 
 class RejectedPayload(SQLModel, table=True):
-    """A request we could not read, kept whole so it can be replayed once fixed."""
+    """A request we could not read, or one event of a request that we could not store,
+    kept so it can be replayed once fixed."""
 
     __tablename__ = "rejected_payloads"
     id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
@@ -106,10 +107,18 @@ class RejectedPayload(SQLModel, table=True):
     source_id: int | None = Field(default=None, sa_type=BigInteger)
     provider: str = Field(max_length=16)
     method: str = Field(max_length=8)
+    # The ingest path with the token replaced by "{token}": no token is kept in clear.
     path: str = Field(sa_type=Text)
     query: str = Field(default="", sa_type=Text)
     content_type: str = Field(default="", sa_type=Text)
+    # The request's body, or the refused event alone (as JSON); past the body limit, a
+    # prefix of the body (see size).
     body: bytes = Field(sa_type=LargeBinary)
+    # The body's true size in bytes (more than len(body) when only a prefix is kept);
+    # NULL in rows kept before it was recorded, and by older code: len(body).
+    size: int | None = Field(default=None, sa_type=BigInteger)
+    # The refused event's position in its request; NULL when the whole request is kept.
+    event_index: int | None = None
     status: int
     reason: str = Field(sa_type=Text)
     received_at: datetime

@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -31,10 +32,44 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 
 from gateway.api.graphql.context import Context
 from gateway.api.graphql.subscriptions import LIVE_SINK, LiveSink
-from gateway.api.responses import bearer_token, error
+from gateway.api.responses import bearer_token, error, failure
 from gateway.runtime import Services
 
 UNAUTHORIZED = "missing or invalid API key: send 'Authorization: Bearer <api key>'"
+
+
+async def _read_body(request: Request, limit: int) -> bytes | Response:
+    """The body of a POST, read as it streams in and never past ``limit``; or the answer
+    to a body over it or not UTF-8 (Strawberry would fail on the latter with a 500)."""
+    too_large = f"body is over the limit of {limit} bytes (GATEWAY_MAX_GRAPHQL_BODY_BYTES)"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return error(413, too_large)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return error(413, too_large)
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return error(400, f"body is not UTF-8: bad byte at {exc.start}")
+    return bytes(body)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for an app that reads a body already read: that body, then what
+    the connection sends next (its disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 def _wants_graphiql(request: Request) -> bool:
@@ -130,6 +165,26 @@ class GatewayGraphQL(GraphQL[Context, None]):
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._handle(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        # Answered here, not raised: uvicorn closes the connection of an app that
+        # raises, failing the client's next request on it too.
+        try:
+            await self._handle(scope, receive, sending)
+        except Exception as exc:
+            if started:
+                raise
+            await failure("graphql", exc)(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             request = Request(scope, receive)
             if not _wants_graphiql(request):
@@ -143,6 +198,12 @@ class GatewayGraphQL(GraphQL[Context, None]):
                     await response(scope, receive, send)
                     return
                 scope.setdefault("state", {})["account_id"] = account_id
+                if request.method == "POST":
+                    body = await _read_body(request, self.services.settings.max_graphql_body_bytes)
+                    if isinstance(body, Response):
+                        await body(scope, receive, send)
+                        return
+                    receive = _replaying(body, receive)
         await super().__call__(scope, receive, send)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
@@ -160,6 +221,15 @@ class GatewayGraphQL(GraphQL[Context, None]):
         if account_id is None:
             raise ConnectionRejectionError({"message": UNAUTHORIZED})
         context.account_id = account_id
+
+    def decode_json(self, data: str | bytes) -> object:
+        """orjson, whose errors are all JSONDecodeError (a 400 from Strawberry): nesting
+        too deep or a lone surrogate would escape json.loads as another error (a 500).
+        A request is an object, or a list of them (a batch, refused by Strawberry)."""
+        document = orjson.loads(data)
+        if not isinstance(document, dict | list):
+            raise orjson.JSONDecodeError("a GraphQL request is a JSON object", str(data)[:80], 0)
+        return document
 
     def encode_json(self, data: object) -> str:
         """orjson: ~10x faster than json.dumps, which matters with a message per

@@ -82,7 +82,8 @@ class Query(WebhookQuery):
         return [ApiKey.from_record(record) for record in records]
 
     @strawberry.field(
-        description="Ingest requests that were refused (4xx), newest first, kept for replay."
+        description="What ingest refused (requests, or single events of them), newest first, "
+        "kept for replay."
     )
     async def rejected_payloads(
         self,

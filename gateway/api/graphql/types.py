@@ -332,17 +332,37 @@ class UpdateIngestSourceInput:
     )
 
 
-@strawberry.type(description="An ingest request that was refused, kept whole for replay.")
+@strawberry.type(
+    description="What ingest refused, kept for replay: a request that could not be read at "
+    "all, or one event of a readable request (index)."
+)
 class RejectedPayload:
     id: strawberry.ID
     provider: Provider
     source_id: strawberry.ID | None
     method: str
     content_type: str
-    status: int = strawberry.field(description="What the provider was answered (4xx).")
+    status: int = strawberry.field(
+        description="What the request was answered (4xx); 422 for one refused event of a "
+        "request answered 200."
+    )
     reason: str
     received_at: datetime
-    body: str = strawberry.field(description="As received (UTF-8; undecodable bytes as U+FFFD).")
+    index: int | None = strawberry.field(
+        description="The refused event's position in its request (0 for a lone event); "
+        "null when the whole request is kept."
+    )
+    body: str = strawberry.field(
+        description="As received (UTF-8; undecodable bytes as U+FFFD): the request's body, "
+        "or the refused event alone as JSON; past the body limit, only its first bytes."
+    )
+    size: float = strawberry.field(
+        description="The body's true size in bytes (a Float: it can pass GraphQL's 32-bit Int)."
+    )
+    truncated: bool = strawberry.field(
+        description="Only the first bytes of the body are kept (it was over the limit); "
+        "such a request cannot be replayed."
+    )
     replayed_at: datetime | None = strawberry.field(
         description="When a replay stored what it carries."
     )
@@ -350,6 +370,11 @@ class RejectedPayload:
     @classmethod
     def from_row(cls, row: dict[str, object]) -> RejectedPayload:
         source_id = row["source_id"]
+        body = bytes(cast(bytes, row["body"]))
+        size = row.get("size")
+        # Rows kept before sizes were recorded hold their whole body.
+        true_size = size if isinstance(size, int) else len(body)
+        index = row.get("event_index")
         return cls(
             id=strawberry.ID(str(row["id"])),
             provider=Provider(str(row["provider"])),
@@ -359,7 +384,10 @@ class RejectedPayload:
             status=int(cast(int, row["status"])),
             reason=str(row["reason"]),
             received_at=cast(datetime, row["received_at"]),
-            body=bytes(cast(bytes, row["body"])).decode("utf-8", "replace"),
+            index=index if isinstance(index, int) else None,
+            body=body.decode("utf-8", "replace"),
+            size=float(true_size),
+            truncated=true_size > len(body),
             replayed_at=cast("datetime | None", row.get("replayed_at")),
         )
 
@@ -370,7 +398,8 @@ class ReplayResult:
     stored: int = strawberry.field(description="Events stored by this replay.")
     duplicates: int = strawberry.field(description="Events already stored (an earlier replay).")
     error: str | None = strawberry.field(
-        description="Why the request still cannot be read (nothing was stored)."
+        description="Why it, or some of its events, still cannot be read (what could is "
+        "stored; it is marked replayed only once nothing in it is refused)."
     )
 
 
