@@ -34,17 +34,22 @@ def _print_account(created: CreatedAccount, *, as_json: bool) -> None:
 async def _create_account(settings: Settings, name: str) -> CreatedAccount:
     from gateway.ids import IdGenerator
     from gateway.services.accounts import AccountService
+    from gateway.services.nodes import NodeLease
     from gateway.storage.db import make_engine, migrate
 
     if settings.embedded_database:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
+    ids = IdGenerator.unleased()
+    lease = NodeLease(engine, ids, lease_seconds=settings.node_lease_seconds)
     try:
         if settings.embedded_database:
             await migrate(engine)
-        service = AccountService(engine, IdGenerator(), cache_seconds=0)
+        await lease.renew()  # ids minted here must not be a running gateway's
+        service = AccountService(engine, ids, cache_seconds=0)
         return await service.create_account(name)
     finally:
+        await lease.close()
         await engine.dispose()
 
 

@@ -19,18 +19,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.delivery.sender import DeliverySender
 from gateway.embedded_redis import EmbeddedRedis
-from gateway.ids import NODE_COUNT, IdGenerator
+from gateway.ids import IdGenerator
 from gateway.live import LiveEvents, LiveHub
 from gateway.live.attempts import attempt_publisher
 from gateway.metrics import Metrics
 from gateway.services.accounts import AccountService
 from gateway.services.events import EventQueries
 from gateway.services.ingest import IngestWriter, RejectedPayloads
+from gateway.services.nodes import NodeLease
 from gateway.services.webhooks import DeliveryQueue, WebhookService
 from gateway.settings import Settings
 from gateway.storage.db import is_sqlite, make_engine, migrate, schema_state
-
-NODE_SEQUENCE_KEY = "gateway:node-sequence"
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,7 @@ class Services:
     redis: Redis
     redis_url: str
     ids: IdGenerator
+    node_lease: NodeLease
     accounts: AccountService
     events: EventQueries
     writer: IngestWriter
@@ -115,14 +115,16 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         redis_url = embedded.url
     redis: Redis = Redis.from_url(redis_url)
     engine = make_engine(settings.sqlalchemy_url)
+    # A node number per process, leased in the database, keeps ids unique across
+    # replicas and workers.
+    ids = IdGenerator.unleased()
+    node_lease = NodeLease(engine, ids, lease_seconds=settings.node_lease_seconds)
     try:
-        # A node number per process keeps ids unique across replicas and workers.
-        node = int(await redis.incr(NODE_SEQUENCE_KEY)) % NODE_COUNT
-        ids = IdGenerator(node)
         if settings.embedded_database:
             await migrate(engine)
         else:
             await _warn_of_old_schema(engine)
+        await node_lease.start()
         writer = IngestWriter(
             engine,
             ids,
@@ -146,6 +148,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             redis=redis,
             redis_url=redis_url,
             ids=ids,
+            node_lease=node_lease,
             accounts=AccountService(engine, ids, cache_seconds=settings.source_cache_seconds),
             events=events,
             writer=writer,
@@ -167,6 +170,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await http.aclose()
             await queue_pool.aclose()
     finally:
+        await node_lease.close()  # after the writer: it mints no more ids
         await redis.aclose()
         await engine.dispose()
         if embedded is not None:

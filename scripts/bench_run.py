@@ -88,8 +88,8 @@ async def bench_backend(backend: str, plan: Plan, redis_url: str, work_dir: Path
     log(f"{backend}: creating the database")
     store = await bench_store.create_store(backend, work_dir)
     try:
-        account = await bench_store.create_account(store, redis_url)
-        ids = await bench_store.node_ids(redis_url)
+        account = await bench_store.create_account(store)
+        ids = await bench_store.node_ids(store)
         source_id = 0  # events written directly carry no ingest source
         token = account.ingest_tokens["brevo"]
         # Event numbers 0..stored_events-1 are the filled store's; the rest come after.
