@@ -46,7 +46,7 @@ async def _create_account(settings: Settings, name: str) -> CreatedAccount:
         if settings.embedded_database:
             await migrate(engine)
         await lease.renew()  # ids minted here must not be a running gateway's
-        service = AccountService(engine, ids, cache_seconds=0)
+        service = AccountService(engine, ids, cache_seconds=0, cache_size=1)
         return await service.create_account(name)
     finally:
         await lease.close()

@@ -149,7 +149,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             redis_url=redis_url,
             ids=ids,
             node_lease=node_lease,
-            accounts=AccountService(engine, ids, cache_seconds=settings.source_cache_seconds),
+            accounts=AccountService(
+                engine,
+                ids,
+                cache_seconds=settings.source_cache_seconds,
+                cache_size=settings.cache_max_entries,
+            ),
             events=events,
             writer=writer,
             rejections=RejectedPayloads(engine, ids, writer),

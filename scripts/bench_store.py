@@ -80,7 +80,7 @@ async def drop_store_if_exists() -> None:
 async def create_account(store: Store) -> CreatedAccount:
     engine = make_engine(store.sqlalchemy_url)
     try:
-        service = AccountService(engine, await node_ids(store), cache_seconds=0)
+        service = AccountService(engine, await node_ids(store), cache_seconds=0, cache_size=1)
         return await service.create_account(f"bench-{int(time.time())}")
     finally:
         await engine.dispose()
