@@ -138,7 +138,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         writer.add_hooks(in_transaction=webhooks.write_outbox, work_in=webhooks.outbox_work_table)
         http = make_http_client(settings)
         metrics = Metrics()
-        events = EventQueries(engine, max_page_size=settings.max_page_size)
+        events = EventQueries(
+            engine,
+            max_page_size=settings.max_page_size,
+            max_filter_tags=settings.max_filter_tags,
+            timeout_seconds=settings.query_timeout_seconds,
+        )
         live = LiveHub(redis, max_queue=settings.live_queue_size, metrics=metrics)
         live_events = LiveEvents(live, events, page_size=settings.max_page_size)
         writer.add_hooks(after_commit=live_events.publish)

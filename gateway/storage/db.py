@@ -17,6 +17,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.storage import sqlite_driver
@@ -82,6 +83,63 @@ async def open_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
         yield connection
     finally:
         await connection.close()
+
+
+class ReadTimeout(Exception):
+    """A read ran past its time bound and the database stopped it."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the read ran past its bound of {seconds:g} s and was stopped")
+        self.seconds = seconds
+
+
+# PostgreSQL's SQLSTATE for a statement cancelled by statement_timeout.
+_QUERY_CANCELED = "57014"
+
+
+@contextlib.asynccontextmanager
+async def bounded_read(engine: AsyncEngine, seconds: float) -> AsyncIterator[AsyncConnection]:
+    """A connection for reads that the database stops after ``seconds``: ReadTimeout.
+
+    The bound is the database's own, so a statement stops even when its caller has gone
+    (a client that disconnects leaves no query behind). PostgreSQL: a statement_timeout
+    local to the read's transaction (one round trip, about 0.1 ms). SQLite: a timer on
+    the event loop interrupts the connection (sqlite3_interrupt is made to be called
+    from another thread); nothing is sent when the read ends in time.
+    """
+    async with open_connection(engine) as connection:
+        if not is_sqlite(engine):
+            await connection.exec_driver_sql(
+                f"SET LOCAL statement_timeout = {max(int(seconds * 1000), 1)}"
+            )
+            try:
+                yield connection
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) == _QUERY_CANCELED:
+                    raise ReadTimeout(seconds) from exc
+                raise
+            return
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None  # checked out: it is connected
+        interrupting: asyncio.Task[None] | None = None
+
+        def interrupt() -> None:
+            nonlocal interrupting
+            # aiosqlite's interrupt() calls sqlite3's at once, from this thread, while
+            # the statement runs on the connection's own.
+            interrupting = asyncio.ensure_future(driver.interrupt())
+
+        timer = asyncio.get_running_loop().call_later(seconds, interrupt)
+        try:
+            yield connection
+        except DBAPIError as exc:
+            if interrupting is not None:
+                raise ReadTimeout(seconds) from exc
+            raise
+        finally:
+            # Before the connection goes back to the pool: a late interrupt must not
+            # reach another caller's statement.
+            timer.cancel()
 
 
 class WalCheckpoints:
