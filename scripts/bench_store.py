@@ -7,6 +7,7 @@ queries later read is exactly what ingest would have stored: rows, tag rows, tag
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ from gateway.storage import events as event_store
 from gateway.storage.db import make_engine, migrate
 
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-POSTGRES_BENCH_DB = "gateway_bench"
+# Of this run only: benchmarks run side by side (say, from two work trees) must not
+# drop each other's database.
+POSTGRES_BENCH_DB = f"gateway_bench_{os.getpid()}"
 EVENT_TABLES = ("event_tags", "tag_counts", "events")
 
 
