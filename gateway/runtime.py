@@ -64,6 +64,8 @@ class Services:
             state["schema"] = schema
         except Exception as exc:
             state["database"] = f"unavailable: {type(exc).__name__}"
+        # A process without a lease on an id node mints no ids: ingest would fail.
+        state["ids"] = await self.node_lease.state()
         try:
             await self.redis.ping()
             state["redis"] = "ok"

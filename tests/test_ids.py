@@ -92,11 +92,11 @@ async def test_a_lapsed_lease_is_taken_over_with_ids_above_the_old_holders(
 
 async def test_a_lease_is_renewed_before_it_lapses(engine: AsyncEngine) -> None:
     ids = IdGenerator.unleased()
-    lease = NodeLease(engine, ids, lease_seconds=0.4)
+    lease = NodeLease(engine, ids, lease_seconds=1.0)
     await lease.start()
     try:
         started = unix_ms()
-        while unix_ms() < started + 1200:  # three lease periods
+        while unix_ms() < started + 2500:  # two and a half lease periods
             ids.next_id()
             await asyncio.sleep(0.02)
     finally:

@@ -40,6 +40,7 @@ class NodeLease:
         self._retry_every = min(1.0, lease_seconds / 20)
         self.owner = f"{socket.gethostname()[:120]}:{os.getpid()}:{secrets.token_hex(6)}"
         self.node: int | None = None
+        self._expires_at_ms = 0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -65,24 +66,37 @@ class NodeLease:
                     connection, owner=self.owner, now_ms=now, expires_at_ms=expires
                 )
         # Only once committed: until then the row may not say what memory would.
+        self._expires_at_ms = expires
         if renewed:
             self._ids.extend(expires)
             return
         if claim is None:
+            self._expires_at_ms = 0
             raise NoFreeNode("every id node number is leased to a live process")
         if self.node is not None:
             log.warning("id node %d was taken over; now node %d", self.node, claim.node)
         self.node = claim.node
         self._ids.take_node(claim.node, floor_ms=claim.floor_ms, until_ms=expires)
 
+    async def state(self) -> str:
+        """ "ok" while ids can be minted; otherwise why not, after one more try."""
+        if self.node is not None and unix_ms() < self._expires_at_ms:
+            return "ok"
+        try:
+            await self.renew()
+        except Exception as exc:
+            return f"no id node lease: {type(exc).__name__}"
+        return "ok"
+
     async def _keep(self) -> None:
         wait = self._renew_every if self.node is not None else self._retry_every
         while True:
             await asyncio.sleep(wait)
             try:
-                await self.renew()
+                # A renewal stuck on a dead connection must not stop the next tries.
+                await asyncio.wait_for(self.renew(), timeout=self._renew_every)
                 wait = self._renew_every
-            except Exception as exc:
+            except Exception as exc:  # TimeoutError included
                 log.warning("id node lease not renewed (%s: %s)", type(exc).__name__, exc)
                 wait = self._retry_every
 
