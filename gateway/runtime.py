@@ -117,6 +117,15 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         redis_url = embedded.url
     redis: Redis = Redis.from_url(redis_url)
     engine = make_engine(settings.sqlalchemy_url)
+    # PostgreSQL: event reads on connections of their own whose every statement is
+    # bounded, set once per connection instead of once per read (a round trip).
+    read_engine = (
+        engine
+        if is_sqlite(engine)
+        else make_engine(
+            settings.sqlalchemy_url, statement_timeout_seconds=settings.query_timeout_seconds
+        )
+    )
     # A node number per process, leased in the database, keeps ids unique across
     # replicas and workers.
     ids = IdGenerator.unleased()
@@ -141,7 +150,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         http = make_http_client(settings)
         metrics = Metrics()
         events = EventQueries(
-            engine,
+            read_engine,
             max_page_size=settings.max_page_size,
             max_filter_tags=settings.max_filter_tags,
             timeout_seconds=settings.query_timeout_seconds,
@@ -184,6 +193,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     finally:
         await node_lease.close()  # after the writer: it mints no more ids
         await redis.aclose()
+        if read_engine is not engine:
+            await read_engine.dispose()
         await engine.dispose()
         if embedded is not None:
             embedded.close()

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.services.accounts import CreatedAccount
 from gateway.settings import async_database_url
-from gateway.storage.db import make_engine, migrate
+from gateway.storage.db import ReadTimeout, bounded_read, make_engine, migrate
 from tests.conftest import Gateway, redis_database, serve, settings_for
 from tests.support import delivered_events, gql, gql_errors
 
@@ -74,14 +74,14 @@ async def test_the_rest_tags_route_refuses_more_tags_than_the_limit(
 async def impatient(
     request: pytest.FixtureRequest, tmp_path: Path, redis_url: str
 ) -> AsyncIterator[Gateway]:
-    """A gateway whose reads may run for 30 ms only."""
+    """A gateway whose reads may run for 10 ms only."""
     database_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
     if database_url is not None:
         engine = make_engine(async_database_url(database_url))
         await migrate(engine)
         await engine.dispose()
     settings = settings_for(
-        tmp_path, redis_database(redis_url, 3), database_url, query_timeout_seconds=0.03
+        tmp_path, redis_database(redis_url, 3), database_url, query_timeout_seconds=0.01
     )
     async with serve(settings, request.param) as running:
         yield running
@@ -91,7 +91,7 @@ async def test_a_read_past_the_time_bound_is_stopped_with_a_query_timeout_error(
     impatient: Gateway,
 ) -> None:
     account = await impatient.new_account()
-    await store_crossed_tags(impatient, account, 8000)
+    await store_crossed_tags(impatient, account, 10_000)
     async with impatient.client(account.api_key) as api:
         errors = await gql_errors(api, EVENTS_BY_TAGS, tags=TAGS)
     assert errors[0]["extensions"]["code"] == "QUERY_TIMEOUT"
@@ -114,10 +114,43 @@ async def test_a_rest_read_past_the_time_bound_answers_503_naming_the_bound(
     impatient: Gateway,
 ) -> None:
     account = await impatient.new_account()
-    await store_crossed_tags(impatient, account, 8000)
+    await store_crossed_tags(impatient, account, 10_000)
     async with impatient.client() as client:
         response = await client.get(
             f"/v1/events/tags/{';'.join(TAGS)}", params={"access_token": account.api_key}
         )
     assert response.status_code == 503
     assert "GATEWAY_QUERY_TIMEOUT_SECONDS" in response.json()["error"]
+
+
+# A statement that runs for minutes unless stopped, on each database.
+ENDLESS = {
+    "sqlite": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT max(i) FROM n",
+    "postgres": "SELECT pg_sleep(600)",
+}
+
+
+@pytest.mark.parametrize(
+    ("backend", "engine_bound"),
+    [("sqlite", None), ("postgres", None), ("postgres", 0.1)],
+    ids=["sqlite", "postgres-per-read", "postgres-read-engine"],
+)
+async def test_a_bounded_read_is_stopped_by_the_database(
+    backend: str, engine_bound: float | None, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "postgres":
+        url = async_database_url(request.getfixturevalue("postgres_url"))
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'endless.db'}"
+    engine = make_engine(url, statement_timeout_seconds=engine_bound)
+    try:
+        started = time.perf_counter()
+        with pytest.raises(ReadTimeout):
+            async with bounded_read(engine, 0.1) as connection:
+                await connection.exec_driver_sql(ENDLESS[backend])
+        elapsed = time.perf_counter() - started
+        async with bounded_read(engine, 0.1) as connection:  # the connection is fine
+            assert (await connection.exec_driver_sql("SELECT 1")).scalar_one() == 1
+    finally:
+        await engine.dispose()
+    assert elapsed < 5
