@@ -111,40 +111,63 @@ async def bounded_read(engine: AsyncEngine, seconds: float) -> AsyncIterator[Asy
     event loop interrupts the connection (sqlite3_interrupt is made to be called from
     another thread); nothing is sent when the read ends in time (0.05 ms a read).
     """
-    async with open_connection(engine) as connection:
-        if not is_sqlite(engine):
-            if _statement_timeouts.get(engine.sync_engine, float("inf")) > seconds:
-                await connection.exec_driver_sql(
-                    f"SET LOCAL statement_timeout = {max(int(seconds * 1000), 1)}"
-                )
-            try:
+    if not is_sqlite(engine):
+        try:
+            # Connecting is inside: a new connection's first queries (the driver's
+            # set-up) are under the engine's bound too.
+            async with open_connection(engine) as connection:
+                if _statement_timeouts.get(engine.sync_engine, float("inf")) > seconds:
+                    await connection.exec_driver_sql(
+                        f"SET LOCAL statement_timeout = {max(int(seconds * 1000), 1)}"
+                    )
                 yield connection
-            except DBAPIError as exc:
-                if getattr(exc.orig, "sqlstate", None) == _QUERY_CANCELED:
-                    raise ReadTimeout(seconds) from exc
-                raise
-            return
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _QUERY_CANCELED:
+                raise ReadTimeout(seconds) from exc
+            raise
+        return
+    async with open_connection(engine) as connection:
         driver = (await connection.get_raw_connection()).driver_connection
         assert driver is not None  # checked out: it is connected
-        interrupting: asyncio.Task[None] | None = None
-
-        def interrupt() -> None:
-            nonlocal interrupting
-            # aiosqlite's interrupt() calls sqlite3's at once, from this thread, while
-            # the statement runs on the connection's own.
-            interrupting = asyncio.ensure_future(driver.interrupt())
-
-        timer = asyncio.get_running_loop().call_later(seconds, interrupt)
+        deadline = _SqliteDeadline(driver, seconds)
         try:
             yield connection
         except DBAPIError as exc:
-            if interrupting is not None:
+            if deadline.fired:
                 raise ReadTimeout(seconds) from exc
             raise
         finally:
             # Before the connection goes back to the pool: a late interrupt must not
             # reach another caller's statement.
-            timer.cancel()
+            deadline.cancel()
+
+
+class _SqliteDeadline:
+    """Interrupts an aiosqlite connection from ``seconds`` on, until cancelled.
+
+    aiosqlite's interrupt() calls sqlite3's at once, from the event loop's thread,
+    while the statement runs on the connection's own. It stops only the statement
+    running as it is made: one the read had yet to start (its next, or one still on
+    its way to the connection's thread) would run to its end. So it is made again
+    every millisecond until the read gives up.
+    """
+
+    def __init__(self, driver: Any, seconds: float) -> None:
+        self._driver = driver
+        self._loop = asyncio.get_running_loop()
+        self._interrupts: set[asyncio.Future[None]] = set()
+        self.fired = False
+        self._timer = self._loop.call_later(seconds, self._interrupt)
+
+    def _interrupt(self) -> None:
+        self.fired = True
+        interrupt = asyncio.ensure_future(self._driver.interrupt())
+        self._interrupts.add(interrupt)
+        interrupt.add_done_callback(self._interrupts.discard)
+        self._timer = self._loop.call_later(0.001, self._interrupt)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 class WalCheckpoints:
