@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -12,7 +13,9 @@ from typing import TYPE_CHECKING
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
-    from gateway.services.accounts import CreatedAccount
+    from collections.abc import AsyncIterator
+
+    from gateway.services.accounts import AccountService, CreatedAccount
 
 
 # JangoMail calls one URL per event type (DESIGN.md: the route names the event).
@@ -58,38 +61,44 @@ def print_banner(settings: Settings, base_url: str) -> None:
         print(f"gateway: redis     embedded, in {settings.data_dir.resolve()}")
 
 
-async def _create_account(settings: Settings, name: str) -> CreatedAccount:
+@contextlib.asynccontextmanager
+async def _account_service(settings: Settings) -> AsyncIterator[AccountService]:
+    """Accounts of the configured database, with ids from a node lease of their own
+    (ids minted here must not be a running gateway's)."""
     from gateway.ids import IdGenerator
     from gateway.services.accounts import AccountService
+    from gateway.services.nodes import NodeLease
     from gateway.storage.db import make_engine, migrate
 
     if settings.embedded_database:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
+    ids = IdGenerator.unleased()
+    lease = NodeLease(engine, ids, lease_seconds=settings.node_lease_seconds)
     try:
         if settings.embedded_database:
             await migrate(engine)
-        service = AccountService(engine, IdGenerator(), cache_seconds=0)
-        return await service.create_account(name)
+        await lease.renew()
+        yield AccountService(engine, ids, cache_seconds=0, cache_size=1)
     finally:
+        await lease.close()
         await engine.dispose()
 
 
-async def _new_key(settings: Settings, name: str) -> str:
-    from gateway.ids import IdGenerator
-    from gateway.services.accounts import AccountService, InputError
-    from gateway.storage.db import make_engine
+async def _create_account(settings: Settings, name: str) -> CreatedAccount:
+    async with _account_service(settings) as service:
+        return await service.create_account(name)
 
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        service = AccountService(engine, IdGenerator(), cache_seconds=0)
+
+async def _new_key(settings: Settings, name: str) -> str:
+    from gateway.services.accounts import InputError
+
+    async with _account_service(settings) as service:
         account_id = await service.account_named(name)
         if account_id is None:
             raise InputError("name", f"no account is named {name!r}")
         _record, api_key = await service.create_api_key(account_id)
         return api_key
-    finally:
-        await engine.dispose()
 
 
 async def _migrate(settings: Settings) -> None:

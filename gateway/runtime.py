@@ -19,19 +19,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.delivery.sender import DeliverySender
 from gateway.embedded_redis import EmbeddedRedis
-from gateway.ids import NODE_COUNT, IdGenerator
+from gateway.ids import IdGenerator
 from gateway.live import LiveEvents, LiveHub
 from gateway.live.attempts import attempt_publisher
 from gateway.metrics import Metrics
 from gateway.services.accounts import AccountService
 from gateway.services.events import EventQueries
 from gateway.services.ingest import IngestWriter
+from gateway.services.nodes import NodeLease
 from gateway.services.rejections import RejectedPayloads
 from gateway.services.webhooks import DeliveryQueue, WebhookService
 from gateway.settings import Settings
 from gateway.storage.db import is_sqlite, make_engine, migrate, schema_state
-
-NODE_SEQUENCE_KEY = "gateway:node-sequence"
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,7 @@ class Services:
     redis: Redis
     redis_url: str
     ids: IdGenerator
+    node_lease: NodeLease
     accounts: AccountService
     events: EventQueries
     writer: IngestWriter
@@ -65,6 +65,8 @@ class Services:
             state["schema"] = schema
         except Exception as exc:
             state["database"] = f"unavailable: {type(exc).__name__}"
+        # A process without a lease on an id node mints no ids: ingest would fail.
+        state["ids"] = await self.node_lease.state()
         try:
             await self.redis.ping()
             state["redis"] = "ok"
@@ -116,14 +118,25 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         redis_url = embedded.url
     redis: Redis = Redis.from_url(redis_url)
     engine = make_engine(settings.sqlalchemy_url)
+    # PostgreSQL: event reads on connections of their own whose every statement is
+    # bounded, set once per connection instead of once per read (a round trip).
+    read_engine = (
+        engine
+        if is_sqlite(engine)
+        else make_engine(
+            settings.sqlalchemy_url, statement_timeout_seconds=settings.query_timeout_seconds
+        )
+    )
+    # A node number per process, leased in the database, keeps ids unique across
+    # replicas and workers.
+    ids = IdGenerator.unleased()
+    node_lease = NodeLease(engine, ids, lease_seconds=settings.node_lease_seconds)
     try:
-        # A node number per process keeps ids unique across replicas and workers.
-        node = int(await redis.incr(NODE_SEQUENCE_KEY)) % NODE_COUNT
-        ids = IdGenerator(node)
         if settings.embedded_database:
             await migrate(engine)
         else:
             await _warn_of_old_schema(engine)
+        await node_lease.start()
         writer = IngestWriter(
             engine,
             ids,
@@ -137,7 +150,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         writer.add_hooks(in_transaction=webhooks.write_outbox, work_in=webhooks.outbox_work_table)
         http = make_http_client(settings)
         metrics = Metrics()
-        events = EventQueries(engine, max_page_size=settings.max_page_size)
+        events = EventQueries(
+            read_engine,
+            max_page_size=settings.max_page_size,
+            max_filter_tags=settings.max_filter_tags,
+            timeout_seconds=settings.query_timeout_seconds,
+        )
         live = LiveHub(redis, max_queue=settings.live_queue_size, metrics=metrics)
         live_events = LiveEvents(live, events, page_size=settings.max_page_size)
         writer.add_hooks(after_commit=live_events.publish)
@@ -147,7 +165,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             redis=redis,
             redis_url=redis_url,
             ids=ids,
-            accounts=AccountService(engine, ids, cache_seconds=settings.source_cache_seconds),
+            node_lease=node_lease,
+            accounts=AccountService(
+                engine,
+                ids,
+                cache_seconds=settings.source_cache_seconds,
+                cache_size=settings.cache_max_entries,
+            ),
             events=events,
             writer=writer,
             rejections=RejectedPayloads(engine, ids, writer),
@@ -168,7 +192,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await http.aclose()
             await queue_pool.aclose()
     finally:
+        await node_lease.close()  # after the writer: it mints no more ids
         await redis.aclose()
+        if read_engine is not engine:
+            await read_engine.dispose()
         await engine.dispose()
         if embedded is not None:
             embedded.close()

@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     ingest_batch_max: int = 2000
     # How long an ingest source looked up by token is trusted before it is read again.
     source_cache_seconds: float = 5.0
+    # The most entries each in-process cache holds (tokens, API keys, verified Basic
+    # credentials): unknown tokens asked about are cached too, so without a bound a
+    # stream of made-up tokens would grow the process without end.
+    cache_max_entries: int = 10_000
+
+    # Ids: each process mints ids under a node number leased in the database for this
+    # long, renewed every quarter of it; a process that cannot renew in time stops
+    # minting ids (ingest fails) until it holds a lease again.
+    node_lease_seconds: float = 60.0
 
     # The most events one SMTPeter-compatible REST answer holds.
     rest_max_events: int = 10000
@@ -47,6 +56,11 @@ class Settings(BaseSettings):
     default_page_size: int = 50
     max_aliases: int = 30
     max_query_tokens: int = 2000
+
+    # Reads (GraphQL and the SMTPeter-compatible REST routes): tags one filter may
+    # require (each is a join), and how long one read may run before it is stopped.
+    max_filter_tags: int = 20
+    query_timeout_seconds: float = 10.0
 
     # Live events (GraphQL subscriptions over websocket).
     # Items a subscriber may fall behind by before it is told it is too slow and cut off.

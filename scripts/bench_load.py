@@ -3,7 +3,9 @@
 Every request carries events never sent before (numbered from ``--first``), so nothing
 is deduplicated. The bodies are made before the clock starts, so the generator spends
 its time on HTTP only. ``--connections`` workers each keep one request in flight;
-requests completed inside the window (after the warm-up) are counted.
+requests completed inside the window (after the warm-up) are counted. With ``--rate``
+the requests are paced instead: request n is sent at n / rate seconds from the start
+(or as soon as a connection is free, if the server falls behind).
 
 Run as ``python scripts/bench_load.py URL --first N [...]``: prints one JSON document.
 :func:`run_load` runs it from the benchmark.
@@ -77,6 +79,7 @@ async def _generate(
     warmup: float,
     duration: float,
     meter: CpuMeter,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=connections, force_close=False, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -106,6 +109,8 @@ async def _generate(
                     return
                 body = bodies[next_body]
                 next_body += 1
+                if rate:
+                    await asyncio.sleep(begin + (next_body - 1) / rate - time.perf_counter())
                 started = time.perf_counter()
                 if started >= window_end:
                     return
@@ -158,6 +163,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--max-events", type=int, required=True, help="bodies to prepare")
     parser.add_argument("--server-pid", type=int, help="the server's process, for its CPU use")
+    parser.add_argument("--rate", type=float, help="requests per second (default: flat out)")
     args = parser.parse_args()
     if args.batch == 1:
         bodies = [
@@ -177,6 +183,7 @@ def main() -> None:
             warmup=args.warmup,
             duration=args.duration,
             meter=CpuMeter(args.server_pid),
+            rate=args.rate,
         )
     )
     result["body_bytes_mean"] = sum(len(body) for body in bodies[:1000]) / min(len(bodies), 1000)
@@ -193,6 +200,7 @@ def run_load(
     warmup: float = 3.0,
     duration: float = 10.0,
     server_pid: int | None = None,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     """Run the generator in a process of its own; its JSON result."""
     command = [
@@ -208,6 +216,8 @@ def run_load(
     ]
     if server_pid is not None:
         command.append(f"--server-pid={server_pid}")
+    if rate is not None:
+        command.append(f"--rate={rate}")
     done = subprocess.run(
         command, capture_output=True, check=False, timeout=600 + warmup + duration
     )

@@ -7,7 +7,9 @@ For each database (SQLite, PostgreSQL), from one run on this machine:
 (b) batched ingest (arrays of 500) into an empty store and into a store of 1M events,
     beside ``insert_events`` called directly (no HTTP, no parsing);
 (c) ``events(where: {email})`` and ``events(where: {tags: [a, b]})`` p50/p99 over HTTP
-    at 1M events, beside the same SQL replayed with the raw driver.
+    at 1M events, beside the same SQL replayed with the raw driver;
+(d) ``events(where: {email})`` p50/p99 over HTTP at 1M events while single-event ingest
+    runs at half the rate (a) measured, beside the same query with no ingest just before.
 
 The gateway and the bare endpoint each run in a uvicorn process of their own; the load
 generator (aiohttp) runs in a third. It prints a table and writes the figures as JSON
@@ -59,6 +61,7 @@ SINGLE_RATIO_TARGET = 0.25
 BATCH_EMPTY_TARGET = 10_000
 BATCH_FULL_TARGET = 5_000
 EMAIL_P50_TARGET = 10.0
+EMAIL_UNDER_INGEST_P99_TARGET = 50.0
 TAGS_P50_TARGET = {"postgres": 15.0, "sqlite": 50.0}
 
 
@@ -82,14 +85,54 @@ def _events_label(count: int) -> str:
     return f"{count // 1_000_000}M" if count % 1_000_000 == 0 else f"{count // 1000}k"
 
 
+async def email_under_ingest(
+    base_url: str, api_key: str, ingest_url: str, *, rate: float, first: int, plan: Plan, pid: int
+) -> dict[str, Any]:
+    """(d): the email query, one request at a time, for a window with no ingest and
+    then inside the window of a paced single-event ingest load (run in its own
+    process, waited for on a thread). Measured back to back, since on a shared box
+    the machine's load drifts between (c) and here."""
+    [email] = [query for query in bench_queries.query_classes(100_000) if query.name == "email"]
+    idle = await bench_queries.http_latency(
+        base_url, api_key, email, warmup=plan.query_warmup, time_limit=plan.duration - 1.0
+    )
+    budget = int(rate * (plan.warmup + plan.duration) * 1.2) + 100
+    load = asyncio.create_task(
+        asyncio.to_thread(
+            bench_load.run_load,
+            ingest_url,
+            first=first,
+            max_events=budget,
+            rate=rate,
+            warmup=plan.warmup,
+            duration=plan.duration,
+            server_pid=pid,
+        )
+    )
+    # The generator's start-up (an interpreter, its bodies) and warm-up come first;
+    # the queries end before its window does.
+    await asyncio.sleep(plan.warmup)
+    query = await bench_queries.http_latency(
+        base_url, api_key, email, warmup=plan.query_warmup, time_limit=plan.duration - 1.0
+    )
+    ingest = await load
+    return {
+        "rate_target": rate,
+        "query": query,
+        "idle": idle,
+        "ingest": ingest,
+        "cpu": ingest["cpu"],
+    }
+
+
 async def bench_backend(backend: str, plan: Plan, redis_url: str, work_dir: Path) -> dict[str, Any]:
     """Every figure for one database."""
     results: dict[str, Any] = {"backend": backend, "stored_events": plan.stored_events}
     log(f"{backend}: creating the database")
     store = await bench_store.create_store(backend, work_dir)
     try:
-        account = await bench_store.create_account(store, redis_url)
-        ids = await bench_store.node_ids(redis_url)
+        account = await bench_store.create_account(store)
+        ids = await bench_store.node_ids(store)
         source_id = 0  # events written directly carry no ingest source
         token = account.ingest_tokens["brevo"]
         # Event numbers 0..stored_events-1 are the filled store's; the rest come after.
@@ -186,6 +229,19 @@ async def bench_backend(backend: str, plan: Plan, redis_url: str, work_dir: Path
                     store, account.account_id, query, warmup=plan.query_warmup, time_limit=120
                 )
                 results["queries"][query.name] = {"http": http, "raw": raw}
+
+            # (d) the email query while single-event ingest runs at half its maximum.
+            rate = results["single_gateway"]["events_per_s"] / 2
+            log(f"{backend}: (d) email query under single-event ingest at {rate:,.0f}/s")
+            results["email_under_ingest"] = await email_under_ingest(
+                gateway.base_url,
+                account.api_key,
+                f"{gateway.base_url}/ingest/brevo/{token}",
+                rate=rate,
+                first=numbers.take(int(rate * (plan.warmup + plan.duration) * 1.2) + 100),
+                plan=plan,
+                pid=gateway.pid,
+            )
 
             # (b) batched ingest into the filled store.
             log(f"{backend}: (b) ceiling: insert_events directly, filled store")
@@ -286,6 +342,23 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 "mark": _mark(http["p50_ms"] <= target),
             }
         )
+    under = results.get("email_under_ingest")
+    if under is not None:
+        loaded, ingest = under["query"], under["ingest"]
+        idle = under["idle"]
+        rows.append(
+            {
+                "figure": f"(d) email @{size} under ingest "
+                f"{ingest['events_per_s']:,.0f}/s, p50 (p99)" + load_problems(ingest),
+                "value": f"{loaded['p50_ms']:.1f} ms ({loaded['p99_ms']:.1f})",
+                "ceiling": f"{idle['p50_ms']:.1f} ms ({idle['p99_ms']:.1f}) no ingest",
+                "ratio": f"x{loaded['p99_ms'] / idle['p99_ms']:.1f} p99" if idle["p99_ms"] else "-",
+                "target": f"p99 <= {EMAIL_UNDER_INGEST_P99_TARGET:g} ms",
+                "mark": _mark(
+                    loaded["p99_ms"] <= EMAIL_UNDER_INGEST_P99_TARGET and not ingest["errors"]
+                ),
+            }
+        )
     return rows
 
 
@@ -297,8 +370,9 @@ def cpu_note(results: dict[str, Any]) -> str:
         ("single_gateway", "(a) gateway"),
         ("batch_empty_gateway", "(b) empty"),
         ("batch_full_gateway", "(b) full"),
+        ("email_under_ingest", "(d)"),
     ):
-        cpu = results[key].get("cpu", {})
+        cpu = results.get(key, {}).get("cpu", {})
         if cpu:
             parts.append(
                 f"{label} {cpu.get('server_cpus', 0):.2f}/{cpu['load_generator_cpus']:.2f}"

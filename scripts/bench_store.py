@@ -7,6 +7,7 @@ queries later read is exactly what ingest would have stored: rows, tag rows, tag
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,20 +16,21 @@ from pathlib import Path
 
 import asyncpg
 import bench_events
-from redis.asyncio import Redis
 from sqlalchemy import text
 
-from gateway.ids import NODE_COUNT, IdGenerator
+from gateway.ids import IdGenerator
 from gateway.providers.base import IngestRequest, SourceConfig
 from gateway.providers.brevo import adapter as brevo
-from gateway.runtime import NODE_SEQUENCE_KEY
 from gateway.services.accounts import AccountService, CreatedAccount
+from gateway.services.nodes import NodeLease
 from gateway.settings import async_database_url
 from gateway.storage import events as event_store
 from gateway.storage.db import make_engine, migrate
 
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-POSTGRES_BENCH_DB = "gateway_bench"
+# Of this run only: benchmarks run side by side (say, from two work trees) must not
+# drop each other's database.
+POSTGRES_BENCH_DB = f"gateway_bench_{os.getpid()}"
 EVENT_TABLES = ("event_tags", "tag_counts", "events")
 
 
@@ -78,22 +80,25 @@ async def drop_store_if_exists() -> None:
     await _admin(f'DROP DATABASE IF EXISTS "{POSTGRES_BENCH_DB}" WITH (FORCE)')
 
 
-async def create_account(store: Store, redis_url: str) -> CreatedAccount:
+async def create_account(store: Store) -> CreatedAccount:
     engine = make_engine(store.sqlalchemy_url)
     try:
-        service = AccountService(engine, await node_ids(redis_url), cache_seconds=0)
+        service = AccountService(engine, await node_ids(store), cache_seconds=0, cache_size=1)
         return await service.create_account(f"bench-{int(time.time())}")
     finally:
         await engine.dispose()
 
 
-async def node_ids(redis_url: str) -> IdGenerator:
-    """An id generator with a node number of its own, taken as every gateway takes it."""
-    redis: Redis = Redis.from_url(redis_url)
+async def node_ids(store: Store) -> IdGenerator:
+    """An id generator with a node number of its own, leased as every gateway leases
+    one, for a day (longer than a run; the benchmark's database goes with it)."""
+    engine = make_engine(store.sqlalchemy_url)
     try:
-        return IdGenerator(int(await redis.incr(NODE_SEQUENCE_KEY)) % NODE_COUNT)
+        ids = IdGenerator.unleased()
+        await NodeLease(engine, ids, lease_seconds=86_400).renew()
+        return ids
     finally:
-        await redis.aclose()
+        await engine.dispose()
 
 
 async def empty_events(store: Store) -> None:
@@ -226,8 +231,8 @@ if __name__ == "__main__":  # a quick manual check: python scripts/bench_store.p
         count = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
         with tempfile.TemporaryDirectory() as tmp:
             store = await create_store(backend, Path(tmp))
-            account = await create_account(store, "redis://127.0.0.1:6379/7")
-            ids = await node_ids("redis://127.0.0.1:6379/7")
+            account = await create_account(store)
+            ids = await node_ids(store)
             result = await insert_direct(
                 store,
                 account_id=account.account_id,

@@ -40,7 +40,7 @@ async def key_owner(data_dir: Path, api_key: str) -> int | None:
     settings = Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
     engine = make_engine(settings.sqlalchemy_url)
     try:
-        accounts = AccountService(engine, IdGenerator(), cache_seconds=0)
+        accounts = AccountService(engine, IdGenerator(), cache_seconds=0, cache_size=10)
         return await accounts.account_for_api_key(api_key)
     finally:
         await engine.dispose()

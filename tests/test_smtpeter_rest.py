@@ -190,7 +190,13 @@ async def test_health_and_readiness(gateway: Gateway) -> None:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json() == {"status": "ok", "database": "ok", "schema": "ok", "redis": "ok"}
+        assert ready.json() == {
+            "status": "ok",
+            "database": "ok",
+            "schema": "ok",
+            "ids": "ok",
+            "redis": "ok",
+        }
         metrics = await client.get("/metrics")
     assert metrics.status_code == 200
     assert "# TYPE gateway_ingest_events_total counter" in metrics.text

@@ -17,8 +17,6 @@ import pytest
 import redis
 from starlette.responses import Response
 
-from gateway.ids import NODE_COUNT
-from gateway.runtime import NODE_SEQUENCE_KEY
 from gateway.settings import async_database_url
 from gateway.storage.db import make_engine, migrate
 from tests.conftest import Gateway, redis_database, serve, settings_for
@@ -34,10 +32,6 @@ def worker_redis(redis_url: str) -> str:
     url = redis_database(redis_url, 2)
     client = redis.Redis.from_url(url)
     client.flushdb()
-    # Node numbers come from this Redis, but the session's PostgreSQL gateway (another
-    # Redis) shares the database and sweeps its outbox: start far from its numbers, or
-    # two processes could make the same ids (a delivery attempt's, seen in CI).
-    client.set(NODE_SEQUENCE_KEY, NODE_COUNT // 2)
     return url
 
 

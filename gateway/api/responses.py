@@ -15,11 +15,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.ids import NodeLeaseLost
+
 log = logging.getLogger(__name__)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 # Failures of what a route depends on, not of what it was sent: worth a retry.
-UNAVAILABLE = (OperationalError, InterfaceError, RedisError, OSError, TimeoutError)
+# NodeLeaseLost: this process may not mint ids until its node lease is back.
+UNAVAILABLE = (OperationalError, InterfaceError, RedisError, OSError, TimeoutError, NodeLeaseLost)
 
 
 class JSON(Response):

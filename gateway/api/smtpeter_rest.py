@@ -20,6 +20,8 @@ from gateway.api.responses import JSON, answered, bearer_token, error
 from gateway.domain.query import EventFilter
 from gateway.providers import smtpeter
 from gateway.runtime import Services
+from gateway.services.accounts import InputError
+from gateway.services.events import QueryTimeout
 
 KINDS = ("messageid", "email", "template", "tags")
 
@@ -127,7 +129,14 @@ async def events(request: Request) -> Response:
         start=_midnight(start),
         end=_midnight(end),
     )
-    found = await services.events.window(account_id, where, limit=services.settings.rest_max_events)
+    try:
+        found = await services.events.window(
+            account_id, where, limit=services.settings.rest_max_events
+        )
+    except InputError as problem:
+        return error(400, str(problem).replace("where.tags", "tags"))
+    except QueryTimeout as problem:
+        return error(503, str(problem))
     return JSON([smtpeter.render(stored.event) for stored in found])
 
 

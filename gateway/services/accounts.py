@@ -8,11 +8,12 @@ import binascii
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from cachetools import TTLCache
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.domain.events import Provider
@@ -97,20 +98,34 @@ class CreatedAccount:
 class AccountService:
     """Creates accounts and sources and answers "whose key/token is this?"."""
 
-    def __init__(self, engine: AsyncEngine, ids: IdGenerator, *, cache_seconds: float) -> None:
+    def __init__(
+        self, engine: AsyncEngine, ids: IdGenerator, *, cache_seconds: float, cache_size: int
+    ) -> None:
         self._engine = engine
         self._ids = ids
-        self._cache_seconds = cache_seconds
-        # token hash -> (source, fetched at). Ingest looks its source up on every
-        # request; a short cache keeps that off the database. Local changes evict.
-        self._sources: dict[str, tuple[SourceRecord | None, float]] = {}
-        # (source id, password hash, SHA-256 of the credentials) -> verified at. A
-        # provider sends the same ones with every event; scrypt runs once per cache period.
-        self._verified: dict[tuple[int, str, str], float] = {}
+        # Each cache keeps at most ``cache_size`` entries, each for ``cache_seconds``:
+        # misses are cached too (a provider retrying with a deleted token), so a stream
+        # of made-up tokens must push out old entries, not grow the process.
+        # token hash -> source. Ingest looks its source up on every request; a short
+        # cache keeps that off the database. Local changes evict.
+        # (A 1-tuple, so that a cached miss is told apart from nothing cached.)
+        self._sources: TTLCache[str, tuple[SourceRecord | None]] = _cache(cache_size, cache_seconds)
+        # (source id, password hash, SHA-256 of the credentials) -> True. A provider
+        # sends the same ones with every event; scrypt runs once per cache period.
+        self._verified: TTLCache[tuple[int, str, str], bool] = _cache(cache_size, cache_seconds)
         # Wrong passwords are not cached: at most two scrypt runs at a time, in threads,
         # however many bad requests arrive.
         self._hashing = asyncio.Semaphore(2)
-        self._keys: dict[str, tuple[int | None, float]] = {}
+        # API key hash -> account id.
+        self._keys: TTLCache[str, tuple[int | None]] = _cache(cache_size, cache_seconds)
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries held by each cache (for /metrics and tests)."""
+        return {
+            "sources": len(self._sources),
+            "api_keys": len(self._keys),
+            "basic_auth": len(self._verified),
+        }
 
     async def create_account(self, name: str) -> CreatedAccount:
         """A new account with one API key and one ingest source per provider."""
@@ -192,21 +207,21 @@ class AccountService:
     async def account_for_api_key(self, api_key: str) -> int | None:
         key_hash = hash_secret(api_key)
         cached = self._keys.get(key_hash)
-        if cached is not None and time.monotonic() - cached[1] < self._cache_seconds:
+        if cached is not None:
             return cached[0]
         async with self._engine.connect() as connection:
             account_id = await store.account_id_for_key(connection, key_hash)
-        self._keys[key_hash] = (account_id, time.monotonic())
+        self._keys[key_hash] = (account_id,)
         return account_id
 
     async def source_for_token(self, token: str) -> SourceRecord | None:
         token_hash = hash_secret(token)
         cached = self._sources.get(token_hash)
-        if cached is not None and time.monotonic() - cached[1] < self._cache_seconds:
+        if cached is not None:
             return cached[0]
         async with self._engine.connect() as connection:
             source = await store.source_by_token(connection, token_hash)
-        self._sources[token_hash] = (source, time.monotonic())
+        self._sources[token_hash] = (source,)
         return source
 
     async def basic_auth_accepted(
@@ -222,17 +237,14 @@ class AccountService:
         if not hmac.compare_digest(username.encode(), source.basic_username.encode()):
             return False
         key = (source.id, source.basic_password_hash, hash_secret(f"{username}:{password}"))
-        verified = self._verified.get(key)
-        if verified is not None and time.monotonic() - verified < self._cache_seconds:
+        if self._verified.get(key, False):
             return True
         async with self._hashing:
             matches = await asyncio.to_thread(
                 password_matches, password, source.basic_password_hash
             )
         if matches:
-            if len(self._verified) > 10_000:
-                self._verified.clear()
-            self._verified[key] = time.monotonic()
+            self._verified[key] = True
         return matches
 
     async def create_source(
@@ -333,6 +345,10 @@ class AccountService:
             )
         self._sources.clear()
         return deleted
+
+
+def _cache(size: int, seconds: float) -> TTLCache[Any, Any]:
+    return TTLCache(maxsize=max(size, 1), ttl=seconds)
 
 
 def _checked_name(name: str) -> str:

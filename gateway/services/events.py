@@ -1,13 +1,19 @@
-"""Reading events: pages for GraphQL, a message's timeline, SMTPeter's windows."""
+"""Reading events: pages for GraphQL, a message's timeline, SMTPeter's windows.
+
+Every read is bounded: a filter names at most ``max_filter_tags`` tags (each one is a
+join), and the database stops a read after ``timeout_seconds`` (QueryTimeout).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.domain.events import EventType
 from gateway.domain.query import (
@@ -20,6 +26,18 @@ from gateway.domain.query import (
 )
 from gateway.services.accounts import InputError
 from gateway.storage import events as event_store
+from gateway.storage.db import ReadTimeout, bounded_read
+
+
+class QueryTimeout(Exception):
+    """A read ran past GATEWAY_QUERY_TIMEOUT_SECONDS and was stopped."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"the query ran past its time bound of {seconds:g} s "
+            "(GATEWAY_QUERY_TIMEOUT_SECONDS) and was stopped: narrow the filter"
+        )
+        self.seconds = seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +72,36 @@ def decode_cursor(cursor: str, *, field: str = "after", kind: str = "event") -> 
 
 
 class EventQueries:
-    def __init__(self, engine: AsyncEngine, *, max_page_size: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_page_size: int,
+        max_filter_tags: int,
+        timeout_seconds: float,
+    ) -> None:
         self._engine = engine
         self._max_page_size = max_page_size
+        self._max_filter_tags = max_filter_tags
+        self._timeout = timeout_seconds
+
+    def check_filter(self, where: EventFilter) -> None:
+        """InputError naming ``where.tags`` if the filter asks for too many tags."""
+        if len(where.tags) > self._max_filter_tags:
+            raise InputError(
+                "where.tags",
+                f"at most {self._max_filter_tags} tags in one filter "
+                f"(GATEWAY_MAX_FILTER_TAGS), got {len(where.tags)}",
+            )
+
+    @contextlib.asynccontextmanager
+    async def _reading(self, where: EventFilter) -> AsyncIterator[AsyncConnection]:
+        self.check_filter(where)
+        try:
+            async with bounded_read(self._engine, self._timeout) as connection:
+                yield connection
+        except ReadTimeout:
+            raise QueryTimeout(self._timeout) from None
 
     async def page(
         self, account_id: int, where: EventFilter, *, first: int, after: str | None
@@ -67,7 +112,7 @@ class EventQueries:
         if where.start is not None and where.end is not None and where.end <= where.start:
             raise InputError("where.end", "must be after where.start")
         before_id = decode_cursor(after) if after else None
-        async with self._engine.connect() as connection:
+        async with self._reading(where) as connection:
             events = await event_store.find_events(
                 connection, account_id=account_id, where=where, limit=first + 1, before_id=before_id
             )
@@ -77,7 +122,7 @@ class EventQueries:
         self, account_id: int, where: EventFilter, *, after_id: int, limit: int
     ) -> list[StoredEvent]:
         """Events stored after ``after_id``, oldest first (for catching up)."""
-        async with self._engine.connect() as connection:
+        async with self._reading(where) as connection:
             return await event_store.find_events(
                 connection,
                 account_id=account_id,
@@ -89,7 +134,7 @@ class EventQueries:
 
     async def window(self, account_id: int, where: EventFilter, *, limit: int) -> list[StoredEvent]:
         """Every event in ``where``'s window, in the order they happened."""
-        async with self._engine.connect() as connection:
+        async with self._reading(where) as connection:
             events = await event_store.find_events(
                 connection, account_id=account_id, where=where, limit=limit
             )

@@ -17,6 +17,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.storage import sqlite_driver
@@ -84,6 +85,91 @@ async def open_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
         await connection.close()
 
 
+class ReadTimeout(Exception):
+    """A read ran past its time bound and the database stopped it."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the read ran past its bound of {seconds:g} s and was stopped")
+        self.seconds = seconds
+
+
+# PostgreSQL's SQLSTATE for a statement cancelled by statement_timeout.
+_QUERY_CANCELED = "57014"
+# Engines whose connections carry a statement_timeout of their own (make_engine).
+_statement_timeouts: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def bounded_read(engine: AsyncEngine, seconds: float) -> AsyncIterator[AsyncConnection]:
+    """A connection for reads that the database stops after ``seconds``: ReadTimeout.
+
+    The bound is the database's own, so a statement stops even when its caller has gone
+    (a client that disconnects leaves no query behind). PostgreSQL: the engine's own
+    statement_timeout if it has one no longer than ``seconds`` (make_engine: nothing
+    to send per read), else one local to the read's transaction (one more round trip:
+    0.66 ms of a 2.4 ms read at p50 on the shared two-core box). SQLite: a timer on the
+    event loop interrupts the connection (sqlite3_interrupt is made to be called from
+    another thread); nothing is sent when the read ends in time (0.05 ms a read).
+    """
+    if not is_sqlite(engine):
+        try:
+            # Connecting is inside: a new connection's first queries (the driver's
+            # set-up) are under the engine's bound too.
+            async with open_connection(engine) as connection:
+                if _statement_timeouts.get(engine.sync_engine, float("inf")) > seconds:
+                    await connection.exec_driver_sql(
+                        f"SET LOCAL statement_timeout = {max(int(seconds * 1000), 1)}"
+                    )
+                yield connection
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _QUERY_CANCELED:
+                raise ReadTimeout(seconds) from exc
+            raise
+        return
+    async with open_connection(engine) as connection:
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None  # checked out: it is connected
+        deadline = _SqliteDeadline(driver, seconds)
+        try:
+            yield connection
+        except DBAPIError as exc:
+            if deadline.fired:
+                raise ReadTimeout(seconds) from exc
+            raise
+        finally:
+            # Before the connection goes back to the pool: a late interrupt must not
+            # reach another caller's statement.
+            deadline.cancel()
+
+
+class _SqliteDeadline:
+    """Interrupts an aiosqlite connection from ``seconds`` on, until cancelled.
+
+    aiosqlite's interrupt() calls sqlite3's at once, from the event loop's thread,
+    while the statement runs on the connection's own. It stops only the statement
+    running as it is made: one the read had yet to start (its next, or one still on
+    its way to the connection's thread) would run to its end. So it is made again
+    every millisecond until the read gives up.
+    """
+
+    def __init__(self, driver: Any, seconds: float) -> None:
+        self._driver = driver
+        self._loop = asyncio.get_running_loop()
+        self._interrupts: set[asyncio.Future[None]] = set()
+        self.fired = False
+        self._timer = self._loop.call_later(seconds, self._interrupt)
+
+    def _interrupt(self) -> None:
+        self.fired = True
+        interrupt = asyncio.ensure_future(self._driver.interrupt())
+        self._interrupts.add(interrupt)
+        interrupt.add_done_callback(self._interrupts.discard)
+        self._timer = self._loop.call_later(0.001, self._interrupt)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class WalCheckpoints:
     """Checkpoints for SQLite commits made with automatic checkpoints off.
 
@@ -121,8 +207,15 @@ class WalCheckpoints:
             self._task = None
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An async engine; SQLite in WAL mode so readers never wait for the writer."""
+def make_engine(
+    url: str, *, pool_size: int = 10, statement_timeout_seconds: float | None = None
+) -> AsyncEngine:
+    """An async engine; SQLite in WAL mode so readers never wait for the writer.
+
+    ``statement_timeout_seconds`` (PostgreSQL): every statement on the engine's
+    connections is stopped after that long, a setting made once per connection; an
+    engine for reads only (see bounded_read).
+    """
     if url.startswith("sqlite"):
         # Each aiosqlite connection is a thread polling for work; writers take turns
         # anyway (begin_write), so a few connections serve best: 15 cost a quarter
@@ -164,7 +257,20 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     # commit). Connections are recycled instead, and a dropped one fails one transaction,
     # which the caller sees (ingest answers 5xx, the provider retries; a delivery's job
     # fails and its lease lapses into a retry).
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    connect_args: dict[str, Any] = {}
+    if statement_timeout_seconds is not None:
+        milliseconds = max(int(statement_timeout_seconds * 1000), 1)
+        connect_args["server_settings"] = {"statement_timeout": str(milliseconds)}
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )
+    if statement_timeout_seconds is not None:
+        _statement_timeouts[engine.sync_engine] = statement_timeout_seconds
+    return engine
 
 
 def alembic_config() -> Config:

@@ -532,11 +532,17 @@ def _column_filters(where: EventFilter) -> list[Any]:
 
 
 def _has_tag(account_id: int, tag: str, event_id: Any) -> Any:
-    """EXISTS: the event whose id is ``event_id`` (a column) carries ``tag``."""
-    return exists().where(
-        tags_table.c.account_id == account_id,
-        tags_table.c.tag == tag,
-        tags_table.c.event_id == event_id,
+    """EXISTS: the event whose id is ``event_id`` (a column) carries ``tag``. OFFSET 0
+    keeps PostgreSQL from making it a join: one index probe per row, not (without
+    statistics) nested loops that took 9 s for 20 tags on 2,000 events."""
+    return exists(
+        select(tags_table.c.event_id)
+        .where(
+            tags_table.c.account_id == account_id,
+            tags_table.c.tag == tag,
+            tags_table.c.event_id == event_id,
+        )
+        .offset(0)
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -193,3 +193,19 @@ class DeliveryAttemptRow(SQLModel, table=True):
     duration_ms: float
     error: str | None = Field(default=None, sa_type=Text)
     response_excerpt: str | None = Field(default=None, sa_type=Text)
+
+
+class IdNode(SQLModel, table=True):
+    """A node number for ids (gateway.ids), leased to one process at a time. Not an
+    account's row: it belongs to the deployment. All NODE_COUNT rows exist from the
+    migration on, so claiming one is a single UPDATE."""
+
+    __tablename__ = "id_nodes"
+    node: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    # Who holds it (host, pid and a random part, for people reading the table); null
+    # when released.
+    owner: str | None = Field(default=None, max_length=200)
+    # Unix milliseconds. The holder mints ids only in milliseconds below expires_at_ms
+    # by its own clock; a new holder only from floor_ms (the previous expires_at_ms) on.
+    floor_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    expires_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -10,6 +10,7 @@ from strawberry.types import Info
 
 from gateway.runtime import Services
 from gateway.services.accounts import InputError
+from gateway.services.events import QueryTimeout
 
 
 @dataclass
@@ -39,6 +40,13 @@ def user_error(error: InputError) -> GraphQLError:
     return GraphQLError(
         f"{error.field}: {error.message}",
         extensions={"code": "BAD_USER_INPUT", "field": error.field},
+    )
+
+
+def timed_out(error: QueryTimeout) -> GraphQLError:
+    """The error of a read the database stopped: QUERY_TIMEOUT, with the bound."""
+    return GraphQLError(
+        str(error), extensions={"code": "QUERY_TIMEOUT", "timeoutSeconds": error.seconds}
     )
 
 

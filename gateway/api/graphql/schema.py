@@ -17,7 +17,14 @@ from strawberry.extensions import (
 )
 from strawberry.types import Info
 
-from gateway.api.graphql.context import Context, authorized, object_id, page_size, user_error
+from gateway.api.graphql.context import (
+    Context,
+    authorized,
+    object_id,
+    page_size,
+    timed_out,
+    user_error,
+)
 from gateway.api.graphql.subscriptions import SharedExecution, Subscription
 from gateway.api.graphql.types import (
     EVENT_TYPES,
@@ -37,6 +44,7 @@ from gateway.api.graphql.types import (
 )
 from gateway.api.graphql.webhooks import WebhookMutation, WebhookQuery
 from gateway.services.accounts import InputError
+from gateway.services.events import QueryTimeout
 from gateway.settings import Settings
 
 
@@ -61,12 +69,17 @@ class Query(WebhookQuery):
             )
         except InputError as error:
             raise user_error(error) from None
+        except QueryTimeout as error:
+            raise timed_out(error) from None
         return EventConnection.from_page(page)
 
     @strawberry.field(description="One message's events in order, and its current state.")
     async def message(self, info: Info[Context, None], message_id: str) -> Message | None:
         context = authorized(info)
-        timeline = await context.services.events.message(context.account_id, message_id)
+        try:
+            timeline = await context.services.events.message(context.account_id, message_id)
+        except QueryTimeout as error:
+            raise timed_out(error) from None
         return None if timeline is None else Message.from_timeline(timeline)
 
     @strawberry.field

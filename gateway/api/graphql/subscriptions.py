@@ -41,13 +41,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import Info
 
-from gateway.api.graphql.context import Context, authorized, object_id
+from gateway.api.graphql.context import Context, authorized, object_id, timed_out, user_error
 from gateway.api.graphql.types import Event, EventFilter, event_view
 from gateway.api.graphql.webhooks import DeliveryAttempt
 from gateway.domain.query import StoredEvent
 from gateway.domain.webhooks import AttemptRecord
 from gateway.live import GAP, LiveUnavailable, SubscriberOverflow
 from gateway.live.attempts import ATTEMPTS
+from gateway.services.accounts import InputError
+from gateway.services.events import QueryTimeout
 
 
 @dataclass(slots=True)
@@ -239,6 +241,10 @@ class Subscription:
         context = authorized(info)
         after_id = None if after is None else object_id(after, "after")
         domain_filter = (where or EventFilter()).to_domain()
+        try:
+            context.services.events.check_filter(domain_filter)
+        except InputError as error:
+            raise user_error(error) from None
         stream = context.services.live_events.stream(
             context.account_id, domain_filter, after_id=after_id
         )
@@ -258,6 +264,8 @@ class Subscription:
             raise _overflow_error(overflow, last_id) from None
         except LiveUnavailable as unavailable:
             raise GraphQLError(str(unavailable), extensions={"code": "UNAVAILABLE"}) from None
+        except QueryTimeout as error:  # catching up on what was missed took too long
+            raise timed_out(error) from None
 
     @strawberry.subscription(
         description="Each call made to the caller's web hooks (or to `webhookId` only) "
