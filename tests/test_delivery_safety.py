@@ -163,7 +163,7 @@ async def test_a_name_resolving_to_loopback_is_refused_at_connect_time(
     port = endpoint.url.split(":")[2].split("/")[0]
     lookup = Answering(["127.0.0.1"])
     async with make_http_client(strict_settings(), lookup=lookup) as client:
-        with pytest.raises(httpx.TransportError, match="internal address 127.0.0.1"):
+        with pytest.raises(httpx.TransportError, match=r"internal address 127\.0\.0\.1"):
             await client.get(f"http://hook.test:{port}{endpoint.path}")
     assert lookup.lookups == ["hook.test"]
     assert endpoint.calls == []
