@@ -27,6 +27,7 @@ from gateway.delivery.safety import (
 from gateway.runtime import make_http_client
 from gateway.settings import Settings
 from tests.receiver import Receiver
+from tests.support import gql, gql_errors
 
 # Each IPv6 form that embeds or maps an IPv4 address, reaching 127.0.0.1 (or a range
 # that is not global), as the issue found them.
@@ -231,3 +232,25 @@ async def test_the_production_client_makes_one_checked_lookup_per_connection(
     assert lookup.lookups == ["rebind.test"]
     assert sockets.addresses == []  # TEST-NET is not public under the real rule
     assert endpoint.calls == []
+
+
+CREATE = "mutation($i: WebhookInput!) { createWebhook(input: $i) { webhook { id } } }"
+UPDATE = "mutation($id: ID!, $u: String!) { updateWebhook(id: $id, input: {url: $u}) { url } }"
+
+
+async def test_create_webhook_refuses_a_url_with_a_line_break(api: httpx.AsyncClient) -> None:
+    [error] = await gql_errors(
+        api, CREATE, i={"url": "http://127.0.0.1:1/a\r\nX-Injected: 1", "events": ["SENT"]}
+    )
+    assert error["extensions"]["field"] == "input.url"
+    assert "control characters" in error["message"]
+
+
+async def test_update_webhook_refuses_a_url_with_a_line_break(api: httpx.AsyncClient) -> None:
+    created = await gql(
+        api, CREATE, i={"url": "http://127.0.0.1:1/a", "events": ["SENT"], "backfillDays": 0}
+    )
+    webhook_id = created["createWebhook"]["webhook"]["id"]
+    [error] = await gql_errors(api, UPDATE, id=webhook_id, u="http://127.0.0.1:1/a\nb")
+    assert error["extensions"]["field"] == "input.url"
+    assert "control characters" in error["message"]
