@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import re
 import socket
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
@@ -35,6 +36,8 @@ _GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
 _COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible, [::127.0.0.1]
 _SIIT = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated, [::ffff:0:7f00:1]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known NAT64 prefix
+# C0 controls, space, DEL, C1 controls and any other whitespace.
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
 
 
 class UnsafeTarget(ValueError):
@@ -91,14 +94,14 @@ def _refusal(address: str) -> str:
 
 def check_url_shape(url: str) -> tuple[str, int]:
     """The host and port of an http(s) URL; UnsafeTarget if it is not one."""
-    for position, char in enumerate(url):
-        # A CR or LF could split the request line; any control character or space
-        # is refused rather than guessed at (URL-encode them).
-        if ord(char) < 0x21 or 0x7F <= ord(char) <= 0x9F or char.isspace():
-            raise UnsafeTarget(
-                f"must not contain spaces or control characters (U+{ord(char):04X} at "
-                f"position {position}); URL-encode them"
-            )
+    # A CR or LF could split the request line; any control character or space is
+    # refused rather than guessed at (URL-encode them).
+    found = _CONTROL_OR_SPACE.search(url)
+    if found is not None:
+        raise UnsafeTarget(
+            f"must not contain spaces or control characters (U+{ord(found.group()):04X} "
+            f"at position {found.start()}); URL-encode them"
+        )
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"}:
         raise UnsafeTarget("must be an http:// or https:// URL")
