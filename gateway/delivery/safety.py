@@ -26,7 +26,9 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from urllib.parse import urlsplit
 
+import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -130,21 +132,36 @@ def literal_address(host: str) -> IPAddress | None:
         raise UnsafeTarget(f"host {host!r} is not a standard IP address") from None
 
 
+def connect_host(url: str) -> str:
+    """The host aiohttp connects to for ``url``, derived as the httpx-aiohttp transport
+    hands it over: httpx normalizes the URL, yarl parses the result, aiohttp takes its
+    raw host. Judged as such, since other parsers disagree (``127.0.0.1\u3002`` is a
+    name to ``urlsplit`` but the address-like ``127.0.0.1.`` to aiohttp)."""
+    try:
+        host = URL(str(httpx.URL(url))).raw_host
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise UnsafeTarget(f"is not a valid URL ({exc})") from None
+    if not host:
+        raise UnsafeTarget("has no host")
+    return host
+
+
 def check_before_call(url: str, *, allow_private: bool) -> None:
     """What is checked before each call (names are checked by GuardedResolver)."""
-    host, _port = check_url_shape(url)
+    check_url_shape(url)
     if allow_private:
         return
-    address = literal_address(host)
+    address = literal_address(connect_host(url))
     if address is not None and not is_public_address(address):
         raise UnsafeTarget(_refusal(str(address)))
 
 
 async def check_target(url: str, *, allow_private: bool) -> None:
     """UnsafeTarget unless every address ``url``'s host resolves to may be called."""
-    host, port = check_url_shape(url)
+    _host, port = check_url_shape(url)
     if allow_private:
         return
+    host = connect_host(url)
     literal = literal_address(host)
     if literal is not None:
         addresses = [str(literal)]
