@@ -57,10 +57,15 @@ async def read_excerpt(response: httpx.Response) -> str | None:
     content = _decoded(bytes(raw[:EXCERPT_BYTES]), response.headers.get("content-encoding", ""))
     if content is None:
         return f"[a {response.headers['content-encoding']}-encoded body]"
-    try:
-        text = content.decode(response.charset_encoding or "utf-8", "replace")
-    except LookupError:  # a charset Python does not know
-        text = content.decode("utf-8", "replace")
+    if content.isascii() and b"\0" not in content:
+        # Any ASCII-compatible charset reads these bytes the same (UTF-16 and -32 text
+        # would hold NULs), and finding the charset costs ~30 us of header parsing.
+        text = content.decode("ascii")
+    else:
+        try:
+            text = content.decode(response.charset_encoding or "utf-8", "replace")
+        except LookupError:  # a charset Python does not know
+            text = content.decode("utf-8", "replace")
     if truncated or len(text) > EXCERPT_CHARS:
         return text[: EXCERPT_CHARS - 1] + "\N{HORIZONTAL ELLIPSIS}"
     return text or None
