@@ -6,6 +6,7 @@ of the next attempt), FAILED, or HELD when the web hook is disabled.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import time
@@ -13,14 +14,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 from yarl import URL
 
 from gateway.batching import Batcher
 from gateway.delivery import signing
+from gateway.delivery.answers import describe_error, read_excerpt
 from gateway.delivery.render import RenderedRequest, render_request
-from gateway.delivery.safety import UnsafeTarget, check_target
+from gateway.delivery.safety import UnsafeTarget, check_before_call
 from gateway.domain.events import NormalizedEvent
 from gateway.domain.webhooks import (
     AttemptRecord,
@@ -39,7 +42,8 @@ from gateway.storage.db import begin_write
 
 log = logging.getLogger(__name__)
 
-EXCERPT_CHARS = 500
+# What a receiver or the network can cause; anything else is logged with its trace.
+EXPECTED_ERRORS = (httpx.HTTPError, aiohttp.ClientError, UnsafeTarget, LookupError, OSError)
 OnAttempt = Callable[[AttemptRecord], Awaitable[None]]
 
 
@@ -63,16 +67,6 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max((when - now).total_seconds(), 0.0)
-
-
-def _excerpt(response: httpx.Response) -> str | None:
-    """The start of a response's body as text, for the attempt log."""
-    start = response.content[: EXCERPT_CHARS * 4]  # enough bytes for the characters
-    try:
-        text = start.decode(response.charset_encoding or "utf-8", "replace")
-    except LookupError:  # a charset Python does not know
-        text = start.decode("utf-8", "replace")
-    return text[:EXCERPT_CHARS] or None
 
 
 def _as_sent(request: RenderedRequest) -> RenderedRequest:
@@ -212,37 +206,58 @@ class DeliverySender:
         excerpt: str | None = None
         retry_after: float | None = None
         started = time.perf_counter()
+        # One deadline for the whole exchange: httpx's timeouts are per phase, and a
+        # receiver dripping a byte a second never trips a read timeout.
+        deadline = asyncio.timeout(self._settings.delivery_timeout_seconds)
         try:
-            if event is None:
-                raise LookupError("the event is no longer stored")
-            request = _as_sent(render_request(webhook, delivery.event_id or 0, event))
-            await check_target(request.url, allow_private=self._settings.allow_private_webhooks)
-            headers = signing.headers(
-                webhook.secret, str(delivery.id), int(time.time()), request.signed_content
-            )
-            headers["user-agent"] = "email-event-gateway"
-            if request.content_type:
-                headers["content-type"] = request.content_type
-            # The request made here and sent as it is: the client's build_request
-            # merges default headers, cookies and a base URL we do not use, and cost
-            # a quarter of a bare send loop's rate.
-            response = await self._http.send(
-                httpx.Request(
-                    request.method,
-                    request.url,
-                    content=request.body or None,
-                    headers=headers,
-                    extensions={"timeout": self._timeout},
+            async with deadline:
+                check_before_call(webhook.url, allow_private=self._settings.allow_private_webhooks)
+                if event is None:
+                    raise LookupError("the event is no longer stored")
+                request = _as_sent(render_request(webhook, delivery.event_id or 0, event))
+                headers = signing.headers(
+                    webhook.secret, str(delivery.id), int(time.time()), request.signed_content
                 )
-            )
-            status_code = response.status_code
-            excerpt = _excerpt(response)
-            retry_after = retry_after_seconds(response.headers.get("retry-after"), now)
-        except (httpx.HTTPError, UnsafeTarget, LookupError, OSError) as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                headers["user-agent"] = "email-event-gateway"
+                # Nothing is decompressed beyond the excerpt; ask for none at all.
+                headers["accept-encoding"] = "identity"
+                if request.content_type:
+                    headers["content-type"] = request.content_type
+                # The request made here and sent as it is: the client's build_request
+                # merges default headers, cookies and a base URL we do not use, and cost
+                # a quarter of a bare send loop's rate.
+                response = await self._http.send(
+                    httpx.Request(
+                        request.method,
+                        request.url,
+                        content=request.body or None,
+                        headers=headers,
+                        extensions={"timeout": self._timeout},
+                    ),
+                    stream=True,
+                )
+                try:
+                    status_code = response.status_code
+                    retry_after = retry_after_seconds(response.headers.get("retry-after"), now)
+                    excerpt = await read_excerpt(response)
+                finally:
+                    await response.aclose()
+        # Whatever went wrong (a receiver that does not speak HTTP, a header too long,
+        # TLS, a bug of ours in rendering), it is this attempt's error: nothing may
+        # escape and leave the delivery unlogged and pending.
+        except Exception as exc:
+            if deadline.expired():
+                limit = self._settings.delivery_timeout_seconds
+                error = f"no complete answer within {limit:g} s (GATEWAY_DELIVERY_TIMEOUT_SECONDS)"
+            else:
+                error = describe_error(exc)
+                if not isinstance(exc, EXPECTED_ERRORS):
+                    log.warning("delivery %s: unexpected error", delivery.id, exc_info=True)
         duration_ms = (time.perf_counter() - started) * 1000
-        succeeded = status_code is not None and is_success(status_code, webhook.format)
-        if status_code is not None and not succeeded:
+        succeeded = (
+            error is None and status_code is not None and is_success(status_code, webhook.format)
+        )
+        if error is None and status_code is not None and not succeeded:
             error = f"HTTP {status_code} is not a success for the {webhook.format.value} format"
         number = delivery.attempts + 1
         attempt = AttemptRecord(
