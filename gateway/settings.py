@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     delivery_concurrency: int = 50
     sweep_interval_seconds: float = 30.0
 
+    # Operations: how long /metrics reuses what it read of the outbox (queue depth,
+    # lag, held deliveries), so that frequent scrapes cost the database nothing.
+    metrics_cache_seconds: float = 5.0
+
     @field_validator("retry_schedule")
     @classmethod
     def _schedule_is_numbers(cls, value: str) -> str:
