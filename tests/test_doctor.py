@@ -1,0 +1,146 @@
+"""`gateway doctor` on real parts: a SQLite file of the test's own, the test Redis, and
+a real worker started and stopped in this process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+from alembic import command
+from sqlalchemy import Connection
+
+from gateway.doctor import Finding, diagnose
+from gateway.domain.events import EventType
+from gateway.runtime import open_services
+from gateway.services.webhooks import WebhookChanges
+from gateway.settings import Settings
+from gateway.storage.db import alembic_config, make_engine, migrate
+from gateway.worker import running_worker
+from tests.conftest import redis_database, settings_for
+
+
+def upgrade_to(connection: Connection, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def migrated_to(path: Path, revision: str | None) -> str:
+    """A new SQLite file at ``revision`` (None: the newest); its DATABASE_URL."""
+    engine = make_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        if revision is None:
+            await migrate(engine)
+        else:
+            async with engine.begin() as connection:
+                await connection.run_sync(upgrade_to, revision)
+    finally:
+        await engine.dispose()
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+async def doctor_redis(redis_url: str) -> AsyncIterator[str]:
+    """A Redis database no other gateway of the test session has workers on."""
+    url = redis_database(redis_url, 3)
+    client = redis.asyncio.Redis.from_url(url)
+    await client.flushdb()
+    yield url
+    await client.flushdb()
+    await client.aclose()
+
+
+def by_check(findings: list[Finding]) -> dict[str, Finding]:
+    return {finding.check: finding for finding in findings}
+
+
+def run_doctor(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "doctor", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+
+
+async def test_doctor_says_a_database_behind_its_schema_needs_gateway_migrate(
+    tmp_path: Path, doctor_redis: str
+) -> None:
+    database_url = await migrated_to(tmp_path / "behind.db", "0004")
+
+    done = run_doctor(tmp_path, database_url, doctor_redis)
+
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is False
+    [schema] = [check for check in report["checks"] if check["check"] == "schema"]
+    assert schema["ok"] is False
+    assert "revision 0004" in schema["message"]
+    assert "run gateway migrate" in schema["message"]
+
+
+async def test_doctor_reports_a_stopped_worker(tmp_path: Path, doctor_redis: str) -> None:
+    database_url = await migrated_to(tmp_path / "gateway.db", None)
+    settings = settings_for(tmp_path, doctor_redis, database_url)
+    async with open_services(settings) as services:
+        async with running_worker(services):
+            while not by_check(await diagnose(settings))["workers"].ok:
+                pass  # the first heartbeat is written as the worker starts
+        findings = by_check(await diagnose(settings))
+
+    assert not findings["workers"].ok
+    assert "no worker alive" in findings["workers"].message
+    assert "start `gateway worker`" in findings["workers"].message
+
+
+async def test_doctor_finds_a_running_worker_and_a_healthy_deployment(
+    tmp_path: Path, doctor_redis: str
+) -> None:
+    database_url = await migrated_to(tmp_path / "gateway.db", None)
+    settings = settings_for(tmp_path, doctor_redis, database_url)
+    async with open_services(settings) as services, running_worker(services):
+        findings = await diagnose(settings)
+        while not by_check(findings)["workers"].ok:
+            findings = await diagnose(settings)
+
+    assert all(finding.ok for finding in findings), findings
+    assert [finding.check for finding in findings] == [
+        "database",
+        "schema",
+        "redis",
+        "workers",
+        "queue",
+        "clock",
+    ]
+    assert by_check(findings)["workers"].message.startswith("1 alive")
+
+
+async def test_doctor_reports_deliveries_waiting_with_no_worker_to_send_them(
+    tmp_path: Path, doctor_redis: str
+) -> None:
+    database_url = await migrated_to(tmp_path / "gateway.db", None)
+    settings: Settings = settings_for(tmp_path, doctor_redis, database_url)
+    async with open_services(settings) as services:
+        account = await services.accounts.create_account("doctor")
+        webhook, _ = await services.webhooks.create(
+            account.account_id,
+            WebhookChanges(url="http://127.0.0.1:9/hook", events=[EventType.DELIVERED]),
+        )
+        await services.webhooks.send_test(account.account_id, webhook.id)
+
+    queue = by_check(await diagnose(settings, max_lag_seconds=0))["queue"]
+
+    assert not queue.ok
+    assert queue.message.startswith("1 deliveries due, the oldest waiting")
+    assert "gateway worker" in queue.message
