@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.domain.events import NormalizedEvent
@@ -149,3 +156,9 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def serve(self, port: int) -> None:
+        """Serve these metrics at ``http://0.0.0.0:<port>/metrics`` from a thread (a
+        worker process, which has no HTTP server of its own); 0: not at all."""
+        if port:
+            start_http_server(port, registry=self.registry)

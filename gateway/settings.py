@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     # Operations: how long /metrics reuses what it read of the outbox (queue depth,
     # lag, held deliveries), so that frequent scrapes cost the database nothing.
     metrics_cache_seconds: float = 5.0
+    # `gateway worker` serves its metrics (deliveries) on this port; 0: it does not.
+    worker_metrics_port: int = 0
 
     @field_validator("retry_schedule")
     @classmethod

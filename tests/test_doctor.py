@@ -11,49 +11,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio
-from alembic import command
-from sqlalchemy import Connection
 
 from gateway.doctor import Finding, diagnose
 from gateway.domain.events import EventType
 from gateway.runtime import open_services
 from gateway.services.webhooks import WebhookChanges
 from gateway.settings import Settings
-from gateway.storage.db import alembic_config, make_engine, migrate
 from gateway.worker import running_worker
-from tests.conftest import redis_database, settings_for
-
-
-def upgrade_to(connection: Connection, revision: str) -> None:
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.upgrade(config, revision)
-
-
-async def migrated_to(path: Path, revision: str | None) -> str:
-    """A new SQLite file at ``revision`` (None: the newest); its DATABASE_URL."""
-    engine = make_engine(f"sqlite+aiosqlite:///{path}")
-    try:
-        if revision is None:
-            await migrate(engine)
-        else:
-            async with engine.begin() as connection:
-                await connection.run_sync(upgrade_to, revision)
-    finally:
-        await engine.dispose()
-    return f"sqlite:///{path}"
+from tests.conftest import settings_for
+from tests.ops_support import migrated_to, quiet_redis
 
 
 @pytest.fixture
 async def doctor_redis(redis_url: str) -> AsyncIterator[str]:
-    """A Redis database no other gateway of the test session has workers on."""
-    url = redis_database(redis_url, 3)
-    client = redis.asyncio.Redis.from_url(url)
-    await client.flushdb()
-    yield url
-    await client.flushdb()
-    await client.aclose()
+    async with quiet_redis(redis_url) as url:
+        yield url
 
 
 def by_check(findings: list[Finding]) -> dict[str, Finding]:

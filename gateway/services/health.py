@@ -6,12 +6,14 @@ every second from several Prometheus servers must not become database load).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
@@ -47,33 +49,41 @@ class QueueWatch:
             log.warning("metrics: the outbox could not be read (%s)", exc)
 
 
+_OUTBOX_GAUGES = (
+    ("gateway_delivery_queue_due", "due", "Open deliveries whose time has come"),
+    ("gateway_delivery_queue_scheduled", "scheduled", "Open deliveries waiting for a retry's time"),
+    (
+        "gateway_delivery_lag_seconds",
+        "lag_seconds",
+        "How long the oldest due delivery has waited past its time",
+    ),
+    ("gateway_deliveries_held", "held", "Deliveries HELD for disabled web hooks"),
+    ("gateway_webhooks_disabled", "webhooks_disabled", "Web hooks disabled"),
+)
+
+
+class _OutboxGauges(Collector):
+    """The outbox as ``watch`` last read it; nothing before a first read (a worker's
+    metrics, which nobody refreshes, leave the outbox to the servers')."""
+
+    def __init__(self, watch: QueueWatch) -> None:
+        self._watch = watch
+
+    def collect(self) -> Iterator[Metric]:
+        last = self._watch.last
+        if last is None:
+            return
+        for name, read, help_text in _OUTBOX_GAUGES:
+            yield GaugeMetricFamily(name, help_text, value=float(getattr(last, read)))
+
+
 def register_gauges(
     metrics: Metrics, engine: AsyncEngine, watch: QueueWatch, live: LiveHub
 ) -> None:
     """The gauges read at each scrape: the outbox (as ``watch`` last read it: the same
     on every replica of one database), live subscribers and the connection pool (this
     process's)."""
-
-    def outbox(read: str) -> float:
-        last = watch.last
-        return math.nan if last is None else float(getattr(last, read))
-
-    for name, read, help_text in (
-        ("gateway_delivery_queue_due", "due", "Open deliveries whose time has come"),
-        (
-            "gateway_delivery_queue_scheduled",
-            "scheduled",
-            "Open deliveries waiting for a retry's time",
-        ),
-        (
-            "gateway_delivery_lag_seconds",
-            "lag_seconds",
-            "How long the oldest due delivery has waited past its time",
-        ),
-        ("gateway_deliveries_held", "held", "Deliveries HELD for disabled web hooks"),
-        ("gateway_webhooks_disabled", "webhooks_disabled", "Web hooks disabled"),
-    ):
-        metrics.gauge(name, help_text, functools.partial(outbox, read))
+    metrics.registry.register(_OutboxGauges(watch))
     metrics.gauge(
         "gateway_live_subscribers", "Live subscribers on this process", live.subscriber_count
     )
