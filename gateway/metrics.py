@@ -8,6 +8,7 @@ happen; gauges of state (queue depth, subscribers, pool) are read when scraped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -157,8 +158,10 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def serve(self, port: int) -> None:
-        """Serve these metrics at ``http://0.0.0.0:<port>/metrics`` from a thread (a
-        worker process, which has no HTTP server of its own); 0: not at all."""
-        if port:
-            start_http_server(port, registry=self.registry)
+    def serve(self, port: int, addr: str) -> WSGIServer | None:
+        """Serve these metrics at ``http://<addr>:<port>/metrics`` from a thread, for
+        a worker process, which has no HTTP server of its own; port 0: not at all."""
+        if not port:
+            return None
+        server, _thread = start_http_server(port, addr, registry=self.registry)
+        return server

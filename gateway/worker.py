@@ -257,7 +257,7 @@ async def _run(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with open_services(settings) as services, running_worker(services):
-        services.metrics.serve(settings.worker_metrics_port)
+        services.metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
         log.info("worker running (concurrency %d)", settings.delivery_concurrency)
         await stop.wait()
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.metrics import Metrics
 from gateway.services.accounts import CreatedAccount
-from tests.conftest import Gateway
+from tests.conftest import Gateway, free_port
 from tests.receiver import Receiver
 from tests.support import body, brevo_event, ingest_brevo
 from tests.test_webhooks import create_webhook, settled
@@ -178,3 +179,19 @@ async def test_the_readme_lists_every_series_served(gateway: Gateway) -> None:
     assert served
     missing = {name for name in served if f"`{name}`" not in readme}
     assert not missing, f"README's Metrics section does not list {missing}"
+
+
+async def test_a_worker_serves_its_metrics_on_a_port_of_its_own() -> None:
+    metrics = Metrics()
+    metrics.delivery_attempted("BREVO", "SUCCEEDED", 0.02)
+    server = metrics.serve(free_port(), "127.0.0.1")
+    assert server is not None
+    try:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{server.server_port}/metrics")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 'gateway_delivery_attempts_total{format="BREVO",outcome="SUCCEEDED"} 1.0' in (
+        response.text
+    )
