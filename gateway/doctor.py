@@ -73,7 +73,10 @@ async def diagnose(
         database_ok = engine is not None and await _check_database(engine, settings, findings)
         redis_ok = await _check_redis(settings, findings)
         if engine is not None and database_ok:
-            await _check_queue(engine, findings, max_lag_seconds, workers_known=redis_ok)
+            if all(finding.ok for finding in findings if finding.check == "schema"):
+                await _check_queue(engine, findings, max_lag_seconds, workers_known=redis_ok)
+            else:
+                findings.append(Finding("queue", False, "not checked: migrate the schema first"))
             await _check_clock(engine, findings, max_skew_seconds)
     finally:
         if engine is not None:

@@ -3,6 +3,7 @@ a real worker started and stopped in this process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,9 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 
 from gateway.doctor import Finding, diagnose
 from gateway.domain.events import EventType
+from gateway.heartbeat import TTL_SECONDS, WORKER_KEY_PREFIX, live_workers, worker_heartbeat
 from gateway.runtime import open_services
 from gateway.services.webhooks import WebhookChanges
 from gateway.settings import Settings
@@ -67,8 +70,9 @@ async def test_doctor_reports_a_stopped_worker(tmp_path: Path, doctor_redis: str
     settings = settings_for(tmp_path, doctor_redis, database_url)
     async with open_services(settings) as services:
         async with running_worker(services):
-            while not by_check(await diagnose(settings))["workers"].ok:
-                pass  # the first heartbeat is written as the worker starts
+            async with asyncio.timeout(10):  # the first beat comes as the worker starts
+                while not by_check(await diagnose(settings))["workers"].ok:
+                    await asyncio.sleep(0.01)
         findings = by_check(await diagnose(settings))
 
     assert not findings["workers"].ok
@@ -83,8 +87,9 @@ async def test_doctor_finds_a_running_worker_and_a_healthy_deployment(
     settings = settings_for(tmp_path, doctor_redis, database_url)
     async with open_services(settings) as services, running_worker(services):
         findings = await diagnose(settings)
-        while not by_check(findings)["workers"].ok:
-            findings = await diagnose(settings)
+        async with asyncio.timeout(10):
+            while not by_check(findings)["workers"].ok:
+                findings = await diagnose(settings)
 
     assert all(finding.ok for finding in findings), findings
     assert [finding.check for finding in findings] == [
@@ -116,3 +121,41 @@ async def test_doctor_reports_deliveries_waiting_with_no_worker_to_send_them(
     assert not queue.ok
     assert queue.message.startswith("1 deliveries due, the oldest waiting")
     assert "gateway worker" in queue.message
+
+
+async def test_a_heartbeat_expires_by_itself_should_its_worker_be_killed(
+    doctor_redis: str,
+) -> None:
+    client = redis.asyncio.Redis.from_url(doctor_redis)
+    try:
+        async with worker_heartbeat(client) as worker_id:
+            key = WORKER_KEY_PREFIX + worker_id
+            async with asyncio.timeout(10):
+                while not await client.exists(key):
+                    await asyncio.sleep(0.01)
+            ttl = await client.ttl(key)
+            [beat] = await live_workers(client)
+    finally:
+        await client.aclose()
+
+    assert 0 < ttl <= TTL_SECONDS
+    assert (beat.worker_id, beat.pid) == (worker_id, os.getpid())
+
+
+async def test_a_worker_whose_task_ended_stops_beating(doctor_redis: str) -> None:
+    client = redis.asyncio.Redis.from_url(doctor_redis)
+    worker_task: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    try:
+        async with worker_heartbeat(client, worker=worker_task, beat_seconds=0.05):
+            async with asyncio.timeout(10):
+                while not await live_workers(client):
+                    await asyncio.sleep(0.01)
+            worker_task.set_result(None)  # the arq worker stopped (or crashed)
+            async with asyncio.timeout(10):
+                while await live_workers(client):
+                    await asyncio.sleep(0.01)
+            gone = await live_workers(client)
+    finally:
+        await client.aclose()
+
+    assert gone == []
