@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, worker, accounts create|key, migrate, export-schema."""
+"""The `gateway` command: serve, worker, accounts create|key, doctor, migrate, export-schema."""
 
 from __future__ import annotations
 
@@ -113,6 +113,25 @@ async def _migrate(settings: Settings) -> None:
         await engine.dispose()
 
 
+def _doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.doctor import diagnose
+
+    findings = asyncio.run(
+        diagnose(settings, max_lag_seconds=args.max_lag, max_skew_seconds=args.max_skew)
+    )
+    healthy = all(finding.ok for finding in findings)
+    if args.json:
+        print(json.dumps({"ok": healthy, "checks": [f.as_dict() for f in findings]}))
+    else:
+        for finding in findings:
+            print(f"{'ok' if finding.ok else 'FAIL':<5} {finding.check:<9} {finding.message}")
+        problems = sum(not finding.ok for finding in findings)
+        print(
+            "gateway doctor: all is well" if healthy else f"gateway doctor: {problems} problem(s)"
+        )
+    return 0 if healthy else 1
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -153,6 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     key.add_argument("name")
     key.add_argument("--json", action="store_true", help="print one JSON document")
+    doctor = commands.add_parser(
+        "doctor", help="check the database, its schema, Redis, workers, queue lag and clocks"
+    )
+    doctor.add_argument("--json", action="store_true", help="print one JSON document")
+    doctor.add_argument(
+        "--max-lag", type=float, default=60.0, help="seconds a due delivery may wait (60)"
+    )
+    doctor.add_argument(
+        "--max-skew", type=float, default=2.0, help="seconds of clock skew allowed (2)"
+    )
     commands.add_parser("migrate", help="bring the database to the newest schema")
     commands.add_parser("export-schema", help="print the GraphQL SDL")
     args = parser.parse_args(argv)
@@ -190,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"account {args.name!r}: new API key (shown once) {api_key}")
         else:
             _print_account(created, as_json=args.json)
+    elif args.command == "doctor":
+        return _doctor(settings, args)
     elif args.command == "migrate":
         asyncio.run(_migrate(settings))
         print("database is at the newest schema")

@@ -29,6 +29,7 @@ from gateway.live.attempts import attempt_publisher
 from gateway.metrics import Metrics
 from gateway.services.accounts import AccountService
 from gateway.services.events import EventQueries
+from gateway.services.health import QueueWatch, register_gauges
 from gateway.services.ingest import IngestWriter
 from gateway.services.nodes import NodeLease
 from gateway.services.rejections import RejectedPayloads
@@ -58,6 +59,7 @@ class Services:
     sender: DeliverySender
     live: LiveHub
     live_events: LiveEvents
+    queue_watch: QueueWatch
 
     async def ready(self) -> dict[str, str]:
         """The state of each dependency: "ok" or what went wrong."""
@@ -159,9 +161,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         else:
             await _warn_of_old_schema(engine)
         await node_lease.start()
+        metrics = Metrics()
         writer = IngestWriter(
             engine,
             ids,
+            metrics=metrics,
             batch_max=settings.ingest_batch_max,
             # SQLite has one writer at a time; PostgreSQL inserts full batches side by side.
             concurrency=1 if is_sqlite(engine) else 2,
@@ -171,7 +175,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         webhooks = WebhookService(engine, ids, queue, settings)
         writer.add_hooks(in_transaction=webhooks.write_outbox, work_in=webhooks.outbox_work_table)
         http = make_http_client(settings)
-        metrics = Metrics()
         events = EventQueries(
             read_engine,
             max_page_size=settings.max_page_size,
@@ -181,6 +184,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         live = LiveHub(redis, max_queue=settings.live_queue_size, metrics=metrics)
         live_events = LiveEvents(live, events, page_size=settings.max_page_size)
         writer.add_hooks(after_commit=live_events.publish)
+        queue_watch = QueueWatch(engine, cache_seconds=settings.metrics_cache_seconds)
+        register_gauges(metrics, engine, queue_watch, live)
         services = Services(
             settings=settings,
             engine=engine,
@@ -201,9 +206,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             queue=queue,
             webhooks=webhooks,
             http=http,
-            sender=DeliverySender(engine, ids, http, settings, on_attempt=attempt_publisher(live)),
+            sender=DeliverySender(
+                engine, ids, http, settings, on_attempt=attempt_publisher(live), metrics=metrics
+            ),
             live=live,
             live_events=live_events,
+            queue_watch=queue_watch,
         )
         try:
             yield services

@@ -81,6 +81,14 @@ class Settings(BaseSettings):
     delivery_concurrency: int = 50
     sweep_interval_seconds: float = 30.0
 
+    # Operations: how long /metrics reuses what it read of the outbox (queue depth,
+    # lag, held deliveries), so that frequent scrapes cost the database nothing.
+    metrics_cache_seconds: float = 5.0
+    # `gateway worker` serves its metrics (deliveries) on this address and port; port
+    # 0: it does not.
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "127.0.0.1"
+
     @field_validator("retry_schedule")
     @classmethod
     def _schedule_is_numbers(cls, value: str) -> str:

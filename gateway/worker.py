@@ -28,6 +28,7 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
 from gateway.batching import Batcher
+from gateway.heartbeat import worker_heartbeat
 from gateway.runtime import Services, open_services
 from gateway.services.webhooks import BACKFILL_JOB, DELIVER_JOB
 from gateway.settings import Settings
@@ -239,7 +240,8 @@ async def running_worker(services: Services) -> Any:
     task = asyncio.create_task(worker.async_run(), name="arq-worker")
     sweeper = asyncio.create_task(_sweep_forever(services), name="delivery-sweeper")
     try:
-        yield worker
+        async with worker_heartbeat(services.redis, worker=task):
+            yield worker
     finally:
         sweeper.cancel()
         task.cancel()
@@ -255,6 +257,7 @@ async def _run(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with open_services(settings) as services, running_worker(services):
+        services.metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
         log.info("worker running (concurrency %d)", settings.delivery_concurrency)
         await stop.wait()
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.api.responses import JSON
+from gateway.metrics import CONTENT_TYPE
 from gateway.runtime import Services
 
 
@@ -26,10 +27,11 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    """Prometheus exposition of this process's metrics (the outbox's gauges read from
+    the database at most every GATEWAY_METRICS_CACHE_SECONDS)."""
     services: Services = request.app.state.services
-    return PlainTextResponse(
-        services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-    )
+    await services.queue_watch.refresh()
+    return Response(services.metrics.render(), headers={"content-type": CONTENT_TYPE})
 
 
 routes = [

@@ -149,13 +149,7 @@ async def ingest(request: Request) -> Response:
     await services.rejections.keep(call, refusals)
     if refusals:
         log.info("kept %d refused %s events of source %s", len(refusals), provider.value, source.id)
-        services.metrics.inc(
-            "gateway_ingest_rejected_total", len(refusals), provider=provider.value
-        )
-    services.metrics.inc("gateway_ingest_events_total", result.stored, provider=provider.value)
-    services.metrics.inc(
-        "gateway_ingest_duplicates_total", result.duplicates, provider=provider.value
-    )
+        services.metrics.ingest_refused(provider.value, _REFUSED_EVENT_STATUS, len(refusals))
     return JSON(
         {
             "stored": result.stored,
@@ -206,7 +200,7 @@ async def _refuse_whole(
     await services.rejections.keep(
         call, [Refusal(problem.status, problem.message, body.data, size=body.size)]
     )
-    services.metrics.inc("gateway_ingest_rejected_total", provider=call.provider.value)
+    services.metrics.ingest_refused(call.provider.value, problem.status)
     return error(problem.status, storable(problem.message))
 
 

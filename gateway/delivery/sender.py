@@ -35,6 +35,7 @@ from gateway.domain.webhooks import (
     sample_event,
 )
 from gateway.ids import IdGenerator
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.storage import events as event_store
 from gateway.storage import webhooks as store
@@ -107,8 +108,10 @@ class DeliverySender:
         http: httpx.AsyncClient,
         settings: Settings,
         on_attempt: OnAttempt | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._engine = engine
+        self._metrics = metrics or Metrics()
         self._ids = ids
         self._http = http
         self._settings = settings
@@ -141,6 +144,9 @@ class DeliverySender:
             return Outcome(DeliveryStatus.HELD)
         called = await self._call(delivery, webhook, event)
         status, retry_in = await self._results.submit(called)
+        self._metrics.delivery_attempted(
+            webhook.format.value, status.value, called.attempt.duration_ms / 1000
+        )
         if not called.succeeded:
             log.info(
                 "delivery %s attempt %d to %s: %s (%s)",

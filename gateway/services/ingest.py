@@ -22,11 +22,8 @@ from gateway.batching import Batcher
 from gateway.domain.events import NormalizedEvent, Provider
 from gateway.domain.query import StoredEvent
 from gateway.ids import IdGenerator
-from gateway.providers.base import (
-    IngestRequest,
-    ParsedRequest,
-    SourceConfig,
-)
+from gateway.metrics import Metrics
+from gateway.providers.base import IngestRequest, ParsedRequest, SourceConfig
 from gateway.providers.registry import ADAPTERS
 from gateway.storage import events as event_store
 from gateway.storage.accounts import SourceRecord
@@ -77,9 +74,11 @@ class IngestWriter:
         batch_max: int = 2000,
         concurrency: int = 1,
         after_commit: Sequence[AfterCommit] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self._engine = engine
         self._ids = ids
+        self._metrics = metrics or Metrics()
         self._in_transaction: list[InTransaction] = []
         # Each in-transaction hook's work table; None once a hook without one is added.
         self._work_tables: list[str] | None = []
@@ -154,6 +153,8 @@ class IngestWriter:
 
     async def _write_batch(self, batch: list[_Pending]) -> list[IngestResult]:
         results, stored, actions = await self._commit(batch)
+        ids = {event.id for event in stored}
+        self._metrics.ingest_batch((p.new.event, p.new.id in ids) for b in batch for p in b.events)
         if stored:
             actions += [functools.partial(hook, stored) for hook in self._after_commit]
         self._after[id(batch)] = actions
