@@ -18,6 +18,7 @@ import bench_events
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from gateway.domain.events import NormalizedEvent
 from gateway.ids import NODE_COUNT, IdGenerator
 from gateway.providers.base import IngestRequest, SourceConfig
 from gateway.providers.brevo import adapter as brevo
@@ -144,7 +145,7 @@ async def after_bulk_load(store: Store) -> None:
         await connection.close()
 
 
-def _normalized(first: int, size: int) -> list[event_store.NormalizedEvent]:
+def _normalized(first: int, size: int) -> list[NormalizedEvent]:
     body = bench_events.batch_body(first, size)
     return brevo.parse(
         IngestRequest(

@@ -148,7 +148,8 @@ def dedupe_key(event: NormalizedEvent) -> str:
         text = f"{event.provider.value}\x00basis\x00{event.dedupe_basis}"
     else:
         text = f"{event.provider.value}\x00{event.provider_event}\x00{canonical_json(event.raw)}"
-    return hashlib.sha256(text.encode()).hexdigest()[:40]
+    # surrogatepass: a lone surrogate (readable JSON can carry one) is hashed, not an error.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 _SMTP_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
