@@ -226,14 +226,15 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture
 def sqlite_statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Every statement run on a SqliteThread's connection: (the thread it ran on, the
-    statement's first words), through sqlite3's trace callback (a spy)."""
+    statement's first three words), through sqlite3's trace callback (a spy; an
+    executemany is one entry a row)."""
     seen: list[tuple[str, str]] = []
     original = db.open_sqlite
 
     def traced(database: str) -> sqlite3.Connection:
         connection = original(database)
         connection.set_trace_callback(
-            lambda sql: seen.append((threading.current_thread().name, " ".join(sql.split()[:2])))
+            lambda sql: seen.append((threading.current_thread().name, " ".join(sql.split()[:3])))
         )
         return connection
 

@@ -239,17 +239,18 @@ _POSTGRESQL_LOCK = "SELECT id FROM accounts WHERE id = ANY($1::bigint[]) ORDER B
 # the duplicates). Events go in (account, dedupe key) order and counts in (account,
 # tag) order, so that concurrent writers (batches in flight at once, other replicas)
 # take those locks in one order and never deadlock over a retried event. The last
-# column says whether a work table has rows of the batch's accounts ($1).
+# column says whether a work table has rows of the batch's accounts ($3, given only
+# with work tables).
 _POSTGRESQL_INSERT = """
     WITH inserted AS (
         INSERT INTO events
-        SELECT * FROM json_populate_recordset(NULL::events, $2::json)
+        SELECT * FROM json_populate_recordset(NULL::events, $1::json)
         ORDER BY account_id, dedupe_key
         ON CONFLICT (account_id, dedupe_key) DO NOTHING
         RETURNING id
     ), new_tags AS (
         SELECT tag.account_id, tag.tag, tag.event_id
-        FROM json_to_recordset($3::json) AS tag(account_id bigint, tag text, event_id bigint)
+        FROM json_to_recordset($2::json) AS tag(account_id bigint, tag text, event_id bigint)
         JOIN inserted ON inserted.id = tag.event_id
     ), tag_rows AS (
         INSERT INTO event_tags (account_id, tag, event_id)
@@ -272,7 +273,7 @@ def _postgresql_insert(work_in: tuple[str, ...]) -> str:
             raise ValueError(f"not a table name: {table!r}")
     work = " OR ".join(
         # Only checked table names go into the text.
-        f'EXISTS (SELECT 1 FROM "{table}" WHERE account_id = ANY($1::bigint[]))'  # noqa: S608
+        f'EXISTS (SELECT 1 FROM "{table}" WHERE account_id = ANY($3::bigint[]))'  # noqa: S608
         for table in work_in
     )
     return _POSTGRESQL_INSERT.format(work=work or "false")
@@ -289,10 +290,8 @@ async def _insert_postgresql(
     ]
     rows = b",".join(cast(bytes, prepared.values) for prepared in events)
     await connection.exec_driver_sql(_POSTGRESQL_LOCK, (accounts,))
-    row = (
-        await connection.exec_driver_sql(
-            _postgresql_insert(work_in),
-            (accounts, f"[{rows.decode()}]", orjson.dumps(tags).decode()),
-        )
-    ).one()
+    parameters: tuple[Any, ...] = (f"[{rows.decode()}]", orjson.dumps(tags).decode())
+    if work_in:
+        parameters += (accounts,)
+    row = (await connection.exec_driver_sql(_postgresql_insert(work_in), parameters)).one()
     return Inserted(set(row.ids), has_work=bool(row.has_work))
