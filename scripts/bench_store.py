@@ -18,6 +18,7 @@ import asyncpg
 import bench_events
 from sqlalchemy import text
 
+from gateway.domain.events import NormalizedEvent
 from gateway.ids import IdGenerator
 from gateway.providers.base import IngestRequest, SourceConfig
 from gateway.providers.brevo import adapter as brevo
@@ -149,7 +150,7 @@ async def after_bulk_load(store: Store) -> None:
         await connection.close()
 
 
-def _normalized(first: int, size: int) -> list[event_store.NormalizedEvent]:
+def _normalized(first: int, size: int) -> list[NormalizedEvent]:
     body = bench_events.batch_body(first, size)
     return brevo.parse(
         IngestRequest(

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import os
 import socket
+import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +31,7 @@ from gateway.app import create_app
 from gateway.runtime import Services
 from gateway.services.accounts import CreatedAccount
 from gateway.settings import Settings
-from gateway.storage import sqlite_driver
+from gateway.storage import db
 from tests.receiver import Receiver
 
 POSTGRES_ADMIN_DSN = os.environ.get(
@@ -208,14 +210,33 @@ async def api(gateway: Gateway, account: CreatedAccount) -> AsyncIterator[httpx.
 
 @pytest.fixture
 def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every hand-off to a SQLite connection's thread, by the function sent (a spy:
-    the call still goes through)."""
+    """Every hand-off to a SqliteThread (the ingest writer's SQLite thread), by the
+    function sent (a spy: the work still runs)."""
     seen: list[str] = []
-    original = sqlite_driver.OneTripConnection._execute
+    original = db.SqliteThread.run
 
-    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(getattr(fn, "__name__", repr(fn)))
-        return await original(self, fn, *args, **kwargs)
+    async def counted(self: db.SqliteThread, work: Any) -> Any:
+        seen.append(getattr(getattr(work, "func", work), "__name__", repr(work)))
+        return await original(self, work)
 
-    monkeypatch.setattr(sqlite_driver.OneTripConnection, "_execute", counted)
+    monkeypatch.setattr(db.SqliteThread, "run", counted)
+    return seen
+
+
+@pytest.fixture
+def sqlite_statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Every statement run on a SqliteThread's connection: (the thread it ran on, the
+    statement's first three words), through sqlite3's trace callback (a spy; an
+    executemany is one entry a row)."""
+    seen: list[tuple[str, str]] = []
+    original = db.open_sqlite
+
+    def traced(database: str) -> sqlite3.Connection:
+        connection = original(database)
+        connection.set_trace_callback(
+            lambda sql: seen.append((threading.current_thread().name, " ".join(sql.split()[:3])))
+        )
+        return connection
+
+    monkeypatch.setattr(db, "open_sqlite", traced)
     return seen

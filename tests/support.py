@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.domain.events import EventType, NormalizedEvent, Provider
+from gateway.storage.db import begin_write
 
 if TYPE_CHECKING:
     from gateway.services.accounts import CreatedAccount
@@ -97,3 +103,36 @@ async def ingest_brevo(
         )
     assert response.status_code == 200, response.text
     return [str(stored_id) for stored_id in response.json()["ids"]]
+
+
+@contextlib.asynccontextmanager
+async def database_refuses_subject(engine: AsyncEngine, subject: str) -> AsyncIterator[None]:
+    """While open, the database refuses events whose subject is ``subject``: a
+    constraint (PostgreSQL) or trigger (SQLite), standing for anything a database may
+    refuse of one value that no parser would catch."""
+    name = f"refuse_{uuid.uuid4().hex[:8]}"
+    quoted = subject.replace("'", "''")
+    async with begin_write(engine) as connection:
+        if engine.dialect.name == "postgresql":
+            await connection.execute(
+                text(
+                    f"ALTER TABLE events ADD CONSTRAINT {name}"
+                    f" CHECK (subject IS DISTINCT FROM '{quoted}') NOT VALID"
+                )
+            )
+        else:
+            await connection.execute(
+                text(
+                    f"CREATE TRIGGER {name} BEFORE INSERT ON events"
+                    f" WHEN NEW.subject = '{quoted}'"
+                    f" BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
+                )
+            )
+    try:
+        yield
+    finally:
+        async with begin_write(engine) as connection:
+            if engine.dialect.name == "postgresql":
+                await connection.execute(text(f"ALTER TABLE events DROP CONSTRAINT {name}"))
+            else:
+                await connection.execute(text(f"DROP TRIGGER {name}"))

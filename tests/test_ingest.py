@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 from gateway.api.ingest import KEPT_PREFIX_BYTES
 from gateway.services.accounts import CreatedAccount
 from tests.conftest import Gateway
-from tests.support import body, brevo_event, gql
+from tests.support import body, brevo_event, database_refuses_subject, gql
 
 EVENTS_QUERY = """
 query($where: EventFilter) {
@@ -353,3 +354,30 @@ async def test_same_payload_in_two_accounts_is_stored_in_each(
                 headers={"content-type": "application/json"},
             )
             assert response.json()["stored"] == 1
+
+
+async def test_an_event_the_database_refuses_is_kept_alone_and_its_neighbours_stored(
+    gateway: Gateway, account: CreatedAccount
+) -> None:
+    refused_subject = f"refused {uuid.uuid4().hex}"
+    bad = brevo_event(event="opened", subject=refused_subject)
+    good = [brevo_event(event="delivered"), brevo_event(event="click", link="https://e.x/")]
+    timeless = {name: value for name, value in brevo_event().items() if "ts" not in name}
+    del timeless["date"]
+    async with (
+        database_refuses_subject(gateway.services.engine, refused_subject),
+        gateway.client() as client,
+    ):
+        response = await client.post(
+            f"/ingest/brevo/{account.ingest_tokens['brevo']}",
+            content=body([good[0], timeless, bad, good[1]]),
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["stored"], answer["duplicates"]) == (2, 0)
+    assert [item["index"] for item in answer["rejected"]] == [1, 2]
+    assert answer["rejected"][1]["reason"].startswith("event[2]: the database refused it")
+    kept = await gateway.services.rejections.recent(account.account_id, limit=5)
+    by_index = {item["event_index"]: item for item in kept}
+    assert json.loads(by_index[2]["body"]) == bad

@@ -1,14 +1,16 @@
-"""SQLite group commits: a small batch with nothing else to write is inserted and
-committed on the event loop's thread, in one go, with no hand-off to the driver's
-thread; in-transaction hooks run only when their work table has rows of the batch's
-accounts; a failure leaves nothing behind; and checkpoints happen in a thread, never
-inside those commits."""
+"""SQLite group commits: a batch with nothing else to write is inserted and committed
+in one trip to the writer's own thread, on a plain sqlite3 connection, and no
+statement runs on the event loop's thread; in-transaction hooks run only when their
+work table has rows of the batch's accounts; a failure leaves nothing behind; and the
+writer's thread and the engine's writers of the same process never wait for each
+other in a circle."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,21 +23,31 @@ from gateway.domain.events import NormalizedEvent
 from gateway.domain.query import StoredEvent
 from gateway.ids import IdGenerator
 from gateway.services.ingest import IngestWriter
-from gateway.storage.db import WalCheckpoints, begin_write, make_engine, migrate
-from gateway.storage.events import NewEvent, insert_prepared, prepare_events
+from gateway.storage.db import SqliteThread, begin_write, make_engine, migrate
 from tests.support import delivered_events
 
 ACCOUNT = 1
+BUSY = 2  # an account with a row in the work table (WORK)
+WORK = "api_keys"
 
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
     await migrate(engine)
+    now = datetime.now(UTC)
     async with begin_write(engine) as connection:
+        for account in (ACCOUNT, BUSY):
+            await connection.execute(
+                text("INSERT INTO accounts (id, name, created_at) VALUES (:id, :name, :at)"),
+                {"id": account, "name": f"a{account}", "at": now},
+            )
         await connection.execute(
-            text("INSERT INTO accounts (id, name, created_at) VALUES (:id, 'a', :at)"),
-            {"id": ACCOUNT, "at": datetime.now(UTC)},
+            text(
+                "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)"
+                " VALUES (1, :account, :hash, 'k', :at)"
+            ),
+            {"account": BUSY, "hash": uuid.uuid4().hex, "at": now},
         )
     yield engine
     await engine.dispose()
@@ -48,11 +60,6 @@ def events(count: int) -> list[NormalizedEvent]:
 async def stored_count(engine: AsyncEngine) -> int:
     async with engine.connect() as connection:
         return int((await connection.execute(text("SELECT count(*) FROM events"))).scalar_one())
-
-
-# Work tables: the account has no web hooks; every stored event is a row of its own.
-NEVER = "webhooks"
-ALWAYS = "events"
 
 
 def assert_write_lock_free(database: Path) -> None:
@@ -76,42 +83,71 @@ class RecordingHook:
         self.calls.append([event.id for event in stored])
 
 
-async def test_a_small_batch_is_committed_without_a_trip_to_the_thread(
-    engine: AsyncEngine, trips: list[str]
-) -> None:
+def recording_writer(engine: AsyncEngine) -> tuple[IngestWriter, RecordingHook]:
     hook = RecordingHook()
     writer = IngestWriter(engine, IdGenerator(1))
-    writer.add_hooks(in_transaction=hook, work_in=NEVER)
+    writer.add_hooks(in_transaction=hook, work_in=WORK)
+    return writer, hook
+
+
+async def test_a_batch_without_work_is_one_trip_to_the_writers_thread(
+    engine: AsyncEngine, trips: list[str], sqlite_statements: list[tuple[str, str]]
+) -> None:
+    writer, hook = recording_writer(engine)
     try:
-        trips.clear()
         result = await writer.write(ACCOUNT, None, events(3))
-        assert trips == []
     finally:
         await writer.stop()
     assert result.stored == 3
+    assert trips == ["write_alone"]
+    statements = [words for words, _rows in itertools.groupby(s for _t, s in sqlite_statements)]
+    assert statements == [
+        "BEGIN IMMEDIATE",
+        "SELECT 1 FROM",  # the work table
+        "INSERT INTO events",
+        "INSERT INTO event_tags",
+        "INSERT INTO tag_counts",
+        "COMMIT",
+    ]
     assert hook.calls == []  # its work table had no rows of the account
-    # Committed: another connection (another thread) sees the events.
+    # Committed: another connection sees the events.
     assert await stored_count(engine) == 3
 
 
-async def test_hooks_run_in_the_transaction_when_their_work_table_has_rows(
-    engine: AsyncEngine,
+async def test_no_statement_of_a_batch_runs_on_the_event_loops_thread(
+    engine: AsyncEngine, sqlite_statements: list[tuple[str, str]]
 ) -> None:
-    hook = RecordingHook()
-    writer = IngestWriter(engine, IdGenerator(1))
-    writer.add_hooks(in_transaction=hook, work_in=ALWAYS)
+    writer, _hook = recording_writer(engine)
     try:
-        result = await writer.write(ACCOUNT, None, events(2))
+        for _ in range(3):
+            await writer.write(ACCOUNT, None, events(2))
     finally:
         await writer.stop()
-    assert hook.calls == [list(result.ids)]
-    assert await stored_count(engine) == 2
+    threads = {thread for thread, _words in sqlite_statements}
+    assert len(threads) == 1
+    assert threads.pop().startswith("sqlite-writer")
+
+
+async def test_hooks_run_in_the_transaction_when_their_work_table_has_rows(
+    engine: AsyncEngine, trips: list[str]
+) -> None:
+    writer, hook = recording_writer(engine)
+    try:
+        first = await writer.write(BUSY, None, events(2))
+        # The one trip found work and wrote nothing; the transaction wrote it all.
+        assert trips == ["write_alone"]
+        second = await writer.write(BUSY, None, events(2))
+        # The account is known to have work: straight to a transaction.
+        assert trips == ["write_alone"]
+    finally:
+        await writer.stop()
+    assert hook.calls == [list(first.ids), list(second.ids)]
+    assert await stored_count(engine) == 4
 
 
 async def test_a_hook_without_a_work_table_always_runs(engine: AsyncEngine) -> None:
+    writer, _with_work_table = recording_writer(engine)
     hook = RecordingHook()
-    writer = IngestWriter(engine, IdGenerator(1))
-    writer.add_hooks(in_transaction=RecordingHook(), work_in=NEVER)
     writer.add_hooks(in_transaction=hook)
     try:
         result = await writer.write(ACCOUNT, None, events(2))
@@ -126,10 +162,9 @@ async def test_a_failed_batch_leaves_nothing_and_the_next_one_is_stored(
     failing = IngestWriter(engine, IdGenerator(1))
     failing.add_hooks(in_transaction=RecordingHook(), work_in="no_such_table")
     try:
-        # The work table is read after the inserts, in the same transaction.
         with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
             await failing.write(ACCOUNT, None, events(4))
-        # Its own connection, kept for the next batch, holds no transaction: another
+        # Its connection, kept for the next batch, holds no transaction: another
         # process could take the write lock at once.
         assert_write_lock_free(tmp_path / "gateway.db")
     finally:
@@ -143,61 +178,14 @@ async def test_a_failed_batch_leaves_nothing_and_the_next_one_is_stored(
     assert await stored_count(engine) == 4
 
 
-async def test_inline_commits_leave_checkpoints_to_a_thread(
-    engine: AsyncEngine, tmp_path: Path
-) -> None:
-    database = tmp_path / "gateway.db"
-    wal = tmp_path / "gateway.db-wal"
-    async with engine.connect() as connection:
-        await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    size = database.stat().st_size
-    ids = IdGenerator(1)
-    for _ in range(40):  # well over SQLite's 1,000-page automatic checkpoint
-        new = [NewEvent(ids.next_id(), ACCOUNT, None, event) for event in events(16)]
-        async with begin_write(engine) as connection:
-            inserted = await insert_prepared(
-                connection,
-                prepare_events(connection.dialect, new, datetime.now(UTC)),
-                commit_unless=[],
-            )
-        assert inserted.committed and inserted.checkpoint_owed
-    assert wal.stat().st_size > 1000 * 4096
-    # Every page is still in the WAL: no commit ran a checkpoint.
-    assert database.stat().st_size == size
-
-    checkpoints = WalCheckpoints(engine, every_events=640)
-    checkpoints.owed(639)
-    await checkpoints.close()
-    assert database.stat().st_size == size  # not yet owed enough
-    checkpoints.owed(1)
-    await checkpoints.close()
-    assert database.stat().st_size > size + 640 * 600
-    assert await stored_count(engine) == 640
-
-
-async def test_a_large_batch_commits_in_one_trip_to_the_thread(
-    engine: AsyncEngine, trips: list[str]
-) -> None:
-    ids = IdGenerator(1)
-    new = [NewEvent(ids.next_id(), ACCOUNT, None, event) for event in events(200)]
-    async with begin_write(engine) as connection:
-        prepared = prepare_events(connection.dialect, new, datetime.now(UTC))
-        trips.clear()
-        inserted = await insert_prepared(connection, prepared, commit_unless=[NEVER])
-        assert inserted.committed and not inserted.checkpoint_owed
-    assert trips == ["write"]  # the begin_write's own commit had nothing left to do
-    assert await stored_count(engine) == 200
-
-
 async def test_a_batch_waits_for_another_process_lock_off_the_loop(
     engine: AsyncEngine, tmp_path: Path, trips: list[str]
 ) -> None:
     """Another process (here: another connection) holds the write lock: the batch
-    waits for it in the driver's thread, and the event loop keeps running meanwhile."""
+    waits for it in the writer's thread, and the event loop keeps running meanwhile."""
     other = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
-    writer = IngestWriter(engine, IdGenerator(1))
-    writer.add_hooks(in_transaction=RecordingHook(), work_in=NEVER)
+    writer, _hook = recording_writer(engine)
     try:
         write = asyncio.create_task(writer.write(ACCOUNT, None, events(2)))
         ticks: list[float] = []
@@ -208,11 +196,8 @@ async def test_a_batch_waits_for_another_process_lock_off_the_loop(
         assert not write.done()  # still waiting for the lock
         other.execute("COMMIT")
         assert (await asyncio.wait_for(write, 10)).stored == 2
-        # The attempt on the loop left nothing open behind it: the next batch is
-        # written there again.
-        trips.clear()
         assert (await writer.write(ACCOUNT, None, events(1))).stored == 1
-        assert trips == []
+        assert trips == ["write_alone", "write_alone"]
     finally:
         other.close()
         await writer.stop()
@@ -221,19 +206,44 @@ async def test_a_batch_waits_for_another_process_lock_off_the_loop(
     assert await stored_count(engine) == 3
 
 
-async def test_the_writer_gives_its_connection_back_without_a_transaction(
-    engine: AsyncEngine, tmp_path: Path
+async def test_the_writers_thread_and_the_engines_writers_take_turns(
+    engine: AsyncEngine,
 ) -> None:
-    """Its work always ends what it begins; should a transaction still be open at stop
-    (here: begun by hand), it is rolled back before the connection goes back to the
-    pool, where it would hold the write lock for good (the pool resets nothing)."""
-    writer = IngestWriter(engine, IdGenerator(1))
-    writer.add_hooks(in_transaction=RecordingHook(), work_in=NEVER)
+    """One-trip batches, batches with hooks and other transactions of the same process,
+    all at once: each waits for its turn, none for a lock held by one waiting for it."""
+    writer, hook = recording_writer(engine)
+
+    async def other_writer(n: int) -> None:
+        async with begin_write(engine) as connection:
+            await connection.execute(
+                text("UPDATE accounts SET name = :name WHERE id = :id"),
+                {"name": f"renamed-{n}", "id": ACCOUNT},
+            )
+
     try:
-        assert (await writer.write(ACCOUNT, None, events(1))).stored == 1
-        own = writer._own_driver
-        assert own is not None
-        own.run_inline(lambda sqlite: sqlite.execute("BEGIN IMMEDIATE"))
+        busy = [writer.write(BUSY, None, events(2)) for _ in range(20)]
+        work = [writer.write(ACCOUNT, None, events(2)) for _ in range(20)]
+        work += [other_writer(n) for n in range(20)]
+        results = await asyncio.wait_for(asyncio.gather(*busy, *work), 30)
     finally:
         await writer.stop()
-    assert_write_lock_free(tmp_path / "gateway.db")
+    assert await stored_count(engine) == 80
+    # Every event of the account with work went through the hook.
+    busy_ids = {event_id for result in results[:20] for event_id in result.ids}
+    assert busy_ids <= {event_id for call in hook.calls for event_id in call}
+
+
+async def test_work_left_in_a_transaction_on_the_thread_is_rolled_back(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Work always ends what it begins; should a transaction still be open after it
+    (here: begun and left), it is rolled back there and then: it would hold the write
+    lock for good."""
+    thread = SqliteThread.for_engine(engine)
+    assert thread is not None
+    try:
+        await thread.run(lambda sqlite: sqlite.execute("BEGIN IMMEDIATE"))
+        assert_write_lock_free(tmp_path / "gateway.db")
+        assert await thread.run(lambda sqlite: sqlite.in_transaction) is False
+    finally:
+        await thread.close()

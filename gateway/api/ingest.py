@@ -10,6 +10,7 @@ read at all is answered 4xx. Everything refused is kept for replay.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from starlette.routing import Route
 
 from gateway.api.responses import JSON, UNAVAILABLE, answered, basic_credentials, error
 from gateway.domain.events import NormalizedEvent, Provider
+from gateway.domain.jsontext import json_bytes
 from gateway.providers.base import IngestRequest, PayloadError
 from gateway.providers.registry import provider_named
 from gateway.runtime import Services
@@ -144,8 +146,9 @@ async def ingest(request: Request) -> Response:
         result = IngestResult(0, 0, ())
         reason = f"the database refused this request's events ({type(exc).__name__})"
         refusals = [Refusal(_REFUSED_EVENT_STATUS, reason, body.data)]
-    # Events the database refused, once the writer reports them one by one, join
-    # ``refusals`` here: kept and answered like the events the adapter refused.
+    # Events the store could not hold (a value the database refuses) are kept and
+    # answered like the events the adapter refused.
+    refusals += _unstored(provider, events, refusals, result, body.data)
     await services.rejections.keep(call, refusals)
     if refusals:
         log.info("kept %d refused %s events of source %s", len(refusals), provider.value, source.id)
@@ -158,6 +161,35 @@ async def ingest(request: Request) -> Response:
             "rejected": [{"index": r.index, "reason": storable(r.reason)} for r in refusals],
         }
     )
+
+
+def _unstored(
+    provider: Provider,
+    events: list[NormalizedEvent],
+    refused: list[Refusal],
+    result: IngestResult,
+    body: bytes,
+) -> list[Refusal]:
+    """The writer's failed events as refusals, each at its position in the request.
+
+    Each element of a request that is not refused is one event, in order, so the
+    events' positions are the request's positions less the refused ones. A failed
+    event is kept as its own payload (JangoMail's request is one event: it is kept
+    whole), replayable once the cause is mended."""
+    if not result.failed:
+        return []
+    taken = {refusal.index for refusal in refused}
+    positions = (index for index in itertools.count() if index not in taken)
+    at = [next(positions) for _ in events]
+    return [
+        Refusal(
+            _REFUSED_EVENT_STATUS,
+            f"event[{at[index]}]: {reason}",
+            body if provider is Provider.JANGOMAIL else json_bytes(events[index].raw),
+            at[index],
+        )
+        for index, reason in result.failed
+    ]
 
 
 def _parse(

@@ -14,9 +14,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import orjson
-
 from gateway.domain.events import DETAIL_FIELDS, NormalizedEvent
+from gateway.domain.jsontext import json_bytes, json_text
 from gateway.domain.webhooks import HttpMethod, WebhookConfig, WebhookFormat
 from gateway.providers import brevo, jangomail, smtpeter
 
@@ -113,7 +112,7 @@ def _flat(value: Any) -> str:
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, dict):
-        return orjson.dumps(value).decode()
+        return json_text(value)
     return str(value)
 
 
@@ -148,5 +147,5 @@ def render_request(config: WebhookConfig, event_id: int, event: NormalizedEvent)
             )
         body = encoded.encode()
         return RenderedRequest("POST", config.url, body, "application/x-www-form-urlencoded", body)
-    body = orjson.dumps(document)
+    body = json_bytes(document)
     return RenderedRequest("POST", config.url, body, "application/json", body)

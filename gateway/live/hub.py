@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.domain.jsontext import json_bytes, json_value
 from gateway.live.publisher import Publisher
 from gateway.live.subscriber import Subscriber
 from gateway.metrics import Metrics
@@ -81,7 +81,7 @@ class LiveHub:
     def publish_many(self, account_id: int, kind: str | Kind[Any], payloads: Iterable[Any]) -> None:
         """Send several items as one Redis message."""
         name = kind if isinstance(kind, str) else kind.name
-        message = orjson.dumps({"items": list(payloads)})
+        message = json_bytes({"items": list(payloads)})
         self._publisher.send(f"{self._prefix}{account_id}:{name}", message)
 
     # Subscribing
@@ -184,7 +184,7 @@ class LiveHub:
         if not group:
             return  # nobody here listens to that account: not even decoded
         try:
-            envelope = orjson.loads(data)
+            envelope = json_value(data)
             if envelope.get("gap"):
                 for subscriber in list(group):
                     subscriber.signal_gap()

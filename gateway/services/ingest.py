@@ -12,9 +12,8 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -27,14 +26,13 @@ from gateway.providers.base import IngestRequest, ParsedRequest, SourceConfig
 from gateway.providers.registry import ADAPTERS
 from gateway.storage import events as event_store
 from gateway.storage.accounts import SourceRecord
-from gateway.storage.db import WalCheckpoints, begin_write, is_sqlite, open_connection, write_lock
-from gateway.storage.events import Inserted, NewEvent, NotAlone, PreparedEvent
-from gateway.storage.sqlite_driver import OneTripConnection
+from gateway.storage.db import SqliteThread, begin_write, write_lock
+from gateway.storage.events import Inserted, NewEvent, PreparedEvent, Unstorable
 
 log = logging.getLogger(__name__)
 
-# How long an account whose batch found work for the in-transaction hooks (it has web
-# hooks) skips the one-statement insert: each refusal costs that statement's round trip.
+# SQLite: how long an account whose batch found work for the in-transaction hooks (it
+# has web hooks) skips the one-trip insert: each refusal costs that trip.
 _REFUSED_FOR_S = 60.0
 _REFUSED_KEPT = 10_000  # then the lapsed entries are dropped
 
@@ -50,9 +48,14 @@ AfterCommit = Callable[[Sequence[StoredEvent]], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
+    """What became of one caller's events: ``stored`` new ones (their ``ids``),
+    ``duplicates`` already stored, and those that cannot be stored (``failed``: each
+    one's index in the caller's list and the reason, its field first where known)."""
+
     stored: int
     duplicates: int
     ids: tuple[int, ...]
+    failed: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +64,32 @@ class _Pending:
 
     events: list[PreparedEvent]
     received_at: datetime
+    order: tuple[int, ...]  # the id of each of the caller's events, in its order
+    failed: dict[int, str]  # by id: why it cannot be stored
+
+
+@dataclass(slots=True)
+class _Written:
+    """What writing (part of) a batch did."""
+
+    stored: set[int] = field(default_factory=set)
+    failed: dict[int, str] = field(default_factory=dict)
+    actions: list[AfterCommitAction] = field(default_factory=list)
+
+    def add(self, other: _Written) -> _Written:
+        self.stored |= other.stored
+        self.failed |= other.failed
+        self.actions += other.actions
+        return self
 
 
 class IngestWriter:
-    """Stores events for many concurrent callers in shared transactions."""
+    """Stores events for many concurrent callers in shared transactions.
+
+    A database error caused by one event (a value it refuses) does not fail the others:
+    the batch is written again in halves, down to that event, which alone is reported
+    as failed to its caller.
+    """
 
     def __init__(
         self,
@@ -82,17 +107,13 @@ class IngestWriter:
         self._in_transaction: list[InTransaction] = []
         # Each in-transaction hook's work table; None once a hook without one is added.
         self._work_tables: list[str] | None = []
-        # Accounts of batches whose first try (_insert_alone) found work for the hooks,
+        # SQLite: accounts of batches whose one-trip insert found work for the hooks,
         # by when to try again; until then their batches go straight to a transaction.
         self._refused: dict[int, float] = {}
         self._after_commit = list(after_commit)
-        self._checkpoints = WalCheckpoints(engine) if is_sqlite(engine) else None
-        # SQLite: a connection of the writer's own for batches written on the event
-        # loop, opened with the first; its page cache stays warm (a pooled connection
-        # drops its cache whenever another one has written since it last ran), and no
-        # checkout, BEGIN or close goes through SQLAlchemy (~0.2 ms a batch).
-        self._own: AsyncConnection | None = None
-        self._own_driver: OneTripConnection | None = None
+        # SQLite: a connection of the writer's own on a thread of its own, for batches
+        # with no work for the hooks: the whole batch in one hand-off (write_alone).
+        self._thread = SqliteThread.for_engine(engine)
         self._batcher: Batcher[_Pending, IngestResult] = Batcher(
             self._write_batch,
             name="ingest-writer",
@@ -113,8 +134,8 @@ class IngestWriter:
     ) -> None:
         """``work_in``, if given, names the table whose rows of an account mean that
         ``in_transaction`` has something to do for that account's events (the outbox:
-        ``webhooks``). A batch none of whose accounts has rows in any work table is
-        committed with its insert, in the same trip, and the hooks are not called."""
+        ``webhooks``). The hooks are called for a batch only when one of its accounts
+        has rows there; on SQLite, a batch with none is written in one trip."""
         if in_transaction is not None:
             self._in_transaction.append(in_transaction)
             if work_in is None:
@@ -127,18 +148,9 @@ class IngestWriter:
     async def stop(self) -> None:
         try:
             await self._batcher.close()
-            if self._checkpoints is not None:
-                await self._checkpoints.close()
         finally:
-            if self._own is not None and self._own_driver is not None:
-                own, driver = self._own, self._own_driver
-                self._own = self._own_driver = None
-                # Its work always ends its transaction; a pooled connection must not go
-                # back holding the write lock even if something did not. (SQLAlchemy
-                # does not know of that transaction: the driver's own rollback, which
-                # makes no trip when none is open.)
-                await driver.rollback()
-                await own.close()
+            if self._thread is not None:
+                await self._thread.close()
 
     async def write(
         self, account_id: int, source_id: int | None, events: Sequence[NormalizedEvent]
@@ -148,17 +160,34 @@ class IngestWriter:
             return IngestResult(0, 0, ())
         now = datetime.now(UTC)
         new = [NewEvent(self._ids.next_id(), account_id, source_id, event) for event in events]
-        prepared = event_store.prepare_events(self._engine.dialect, new, now)
-        return await self._batcher.submit(_Pending(prepared, now))
+        prepared: list[PreparedEvent] = []
+        failed: dict[int, str] = {}
+        for item in event_store.prepare_events(self._engine.dialect, new, now):
+            if isinstance(item, Unstorable):
+                failed[item.new.id] = item.reason
+            else:
+                prepared.append(item)
+        pending = _Pending(prepared, now, tuple(event.id for event in new), failed)
+        if not prepared:
+            return self._result(pending, _Written())
+        return await self._batcher.submit(pending)
 
     async def _write_batch(self, batch: list[_Pending]) -> list[IngestResult]:
-        results, stored, actions = await self._commit(batch)
-        ids = {event.id for event in stored}
-        self._metrics.ingest_batch((p.new.event, p.new.id in ids) for b in batch for p in b.events)
-        if stored:
-            actions += [functools.partial(hook, stored) for hook in self._after_commit]
-        self._after[id(batch)] = actions
-        return results
+        events = [prepared for pending in batch for prepared in pending.events]
+        received = {
+            prepared.new.id: pending.received_at for pending in batch for prepared in pending.events
+        }
+        written = await self._store(events, received)
+        self._metrics.ingest_batch(
+            (prepared.new.event, prepared.new.id in written.stored)
+            for prepared in events
+            if prepared.new.id not in written.failed
+        )
+        if written.stored:
+            stored = self._stored_events(events, written.stored, received)
+            written.actions += [functools.partial(hook, stored) for hook in self._after_commit]
+        self._after[id(batch)] = written.actions
+        return [self._result(pending, written) for pending in batch]
 
     async def _run_after_commit(self, batch: list[_Pending]) -> None:
         for action in self._after.pop(id(batch), []):
@@ -169,86 +198,89 @@ class IngestWriter:
                 # that answer. The outbox sweeper picks up undelivered work.
                 log.exception("after-commit action %r failed", action)
 
-    async def _commit(
-        self, batch: Sequence[_Pending]
-    ) -> tuple[list[IngestResult], list[StoredEvent], list[AfterCommitAction]]:
-        events = [prepared for pending in batch for prepared in pending.events]
-        actions: list[AfterCommitAction] = []
-        alone = await self._insert_alone(events)
-        if isinstance(alone, Inserted):
-            inserted = alone
-            stored_events = self._stored_events(batch, inserted.stored)
-        else:
-            async with begin_write(self._engine) as connection:
-                inserted = await event_store.insert_prepared(
-                    connection, events, commit_unless=self._work_tables
-                )
-                stored_events = self._stored_events(batch, inserted.stored)
-                if not inserted.committed:
-                    for hook in self._in_transaction:
-                        if (action := await hook(connection, stored_events)) is not None:
-                            actions.append(action)
-        stored = inserted.stored
-        if inserted.checkpoint_owed and self._checkpoints is not None:
-            self._checkpoints.owed(len(stored))
-        results = []
-        for pending in batch:
-            ids = tuple(prepared.new.id for prepared in pending.events if prepared.new.id in stored)
-            results.append(IngestResult(len(ids), len(pending.events) - len(ids), ids))
-        return results, stored_events, actions
+    @staticmethod
+    def _result(pending: _Pending, written: _Written) -> IngestResult:
+        ids = tuple(event_id for event_id in pending.order if event_id in written.stored)
+        failed = tuple(
+            (index, reason)
+            for index, event_id in enumerate(pending.order)
+            if (reason := pending.failed.get(event_id) or written.failed.get(event_id))
+        )
+        return IngestResult(len(ids), len(pending.order) - len(ids) - len(failed), ids, failed)
 
-    async def _insert_alone(self, events: Sequence[PreparedEvent]) -> Inserted | NotAlone:
-        """The batch written and committed by itself, with no transaction of
-        SQLAlchemy's, unless one of its accounts has work for the hooks, or (SQLite)
-        it cannot be written on the event loop at once: then nothing is written.
-        PostgreSQL: one statement. SQLite: on the event loop's thread, on the
-        writer's own connection."""
-        if self._work_tables is None:
-            return NotAlone.WORK
+    async def _store(
+        self, events: Sequence[PreparedEvent], received: dict[int, datetime]
+    ) -> _Written:
+        """Write ``events``; should the database refuse a value, write them again in
+        halves, each half in a transaction of its own, down to the event at fault."""
+        try:
+            return await self._write(events, received)
+        except Exception as error:
+            reason = event_store.refused_by_database(error)
+            if reason is None:
+                raise
+            if len(events) == 1:
+                log.warning("event %d not stored: %s", events[0].new.id, reason)
+                return _Written(failed={events[0].new.id: reason})
+        half = len(events) // 2
+        first = await self._store(events[:half], received)
+        return first.add(await self._store(events[half:], received))
+
+    async def _write(
+        self, events: Sequence[PreparedEvent], received: dict[int, datetime]
+    ) -> _Written:
+        """One transaction: on SQLite in one trip to the writer's thread unless the
+        hooks have work; else through SQLAlchemy, with the hooks."""
+        alone = await self._write_alone(events)
+        if alone is not None:
+            return _Written(alone.stored)
+        written = _Written()
+        async with begin_write(self._engine) as connection:
+            inserted = await event_store.insert_prepared(
+                connection, events, work_in=self._work_tables or ()
+            )
+            written.stored = inserted.stored
+            if self._in_transaction and (inserted.has_work or self._work_tables is None):
+                stored = self._stored_events(events, inserted.stored, received)
+                for hook in self._in_transaction:
+                    if (action := await hook(connection, stored)) is not None:
+                        written.actions.append(action)
+        return written
+
+    async def _write_alone(self, events: Sequence[PreparedEvent]) -> Inserted | None:
+        """SQLite: the batch written and committed in one trip to the writer's thread,
+        unless one of its accounts has work for the hooks (then None, nothing written).
+        Other writers of this process wait meanwhile (db.write_lock), so none holds
+        SQLite's lock while waiting for that one; another process's writer is waited
+        for in the thread."""
+        if self._thread is None or self._work_tables is None:
+            return None
         accounts = {prepared.new.account_id for prepared in events}
         now = time.monotonic()
         for account in accounts & self._refused.keys():
             if self._refused[account] > now:
-                return NotAlone.WORK
+                return None
             del self._refused[account]
-        if is_sqlite(self._engine):
-            inserted = await self._insert_inline(events)
-        else:
-            async with open_connection(self._engine) as connection:
-                inserted = await event_store.insert_alone(
-                    connection, events, unless_work_in=self._work_tables
-                )
-        if inserted is NotAlone.WORK:
-            if len(self._refused) > _REFUSED_KEPT:
-                self._refused = {a: t for a, t in self._refused.items() if t > now}
-            for account in accounts:
-                self._refused[account] = now + _REFUSED_FOR_S
-        return inserted
-
-    async def _insert_inline(self, events: Sequence[PreparedEvent]) -> Inserted | NotAlone:
-        assert self._work_tables is not None
-        if self._own_driver is None:
-            own = await self._engine.connect()
-            try:
-                raw = await own.get_raw_connection()
-            except BaseException:
-                await own.close()
-                raise
-            self._own, self._own_driver = own, cast(OneTripConnection, raw.driver_connection)
-        # Nothing is awaited from here on: no other writer of this process can start
-        # between this check and the commit.
-        if write_lock(self._engine).locked():
-            return NotAlone.BUSY
-        return event_store.insert_inline(
-            self._own_driver, self._engine.dialect, events, unless_work_in=self._work_tables
+        write = functools.partial(
+            event_store.write_alone, events=events, unless_work_in=self._work_tables
         )
+        async with write_lock(self._engine):
+            inserted = await self._thread.run(write)
+        if isinstance(inserted, Inserted):
+            return inserted
+        if len(self._refused) > _REFUSED_KEPT:
+            self._refused = {a: t for a, t in self._refused.items() if t > now}
+        for account in accounts:
+            self._refused[account] = now + _REFUSED_FOR_S
+        return None
 
     @staticmethod
-    def _stored_events(batch: Sequence[_Pending], stored: set[int]) -> list[StoredEvent]:
+    def _stored_events(
+        events: Sequence[PreparedEvent], stored: set[int], received: dict[int, datetime]
+    ) -> list[StoredEvent]:
         return [
-            StoredEvent(new.id, new.account_id, pending.received_at, new.event)
-            for pending in batch
-            for new in (prepared.new for prepared in pending.events)
+            StoredEvent(new.id, new.account_id, received[new.id], new.event)
+            for new in (prepared.new for prepared in events)
             if new.id in stored
         ]
 

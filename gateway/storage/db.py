@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sqlite3
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -19,8 +21,6 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-
-from gateway.storage import sqlite_driver
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,45 @@ def dialect_insert(connection: AsyncConnection, table: Any) -> Any:
 # How long a SQLite writer waits for another process's write lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
-_write_locks: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    # NORMAL is durable across process crashes in WAL mode; only a power cut may lose
+    # the last transactions, the usual trade for an embedded store.
+    "PRAGMA synchronous=NORMAL",
+    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA cache_size=-65536",
+    # Temporary files in memory: a multi-row INSERT with constraints that may abort
+    # keeps a statement journal, and RETURNING its rows; as files they were an open,
+    # unlink and close per group commit, and their writes.
+    "PRAGMA temp_store=MEMORY",
+)
+
+T = TypeVar("T")
+
+
+class WriteLock:
+    """An asyncio lock that says how many wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self.waiting = 0
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    async def __aenter__(self) -> None:
+        self.waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._lock.release()
+
+
+_write_locks: weakref.WeakKeyDictionary[Engine, WriteLock] = weakref.WeakKeyDictionary()
 
 
 @contextlib.asynccontextmanager
@@ -61,9 +99,12 @@ async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         yield connection
 
 
-def write_lock(engine: AsyncEngine) -> asyncio.Lock:
+def write_lock(engine: AsyncEngine) -> WriteLock:
     """The lock SQLite writers of this process take turns on (begin_write)."""
-    return _write_locks.setdefault(engine.sync_engine, asyncio.Lock())
+    lock = _write_locks.get(engine.sync_engine)
+    if lock is None:
+        lock = _write_locks[engine.sync_engine] = WriteLock()
+    return lock
 
 
 @contextlib.asynccontextmanager
@@ -170,41 +211,72 @@ class _SqliteDeadline:
         self._timer.cancel()
 
 
-class WalCheckpoints:
-    """Checkpoints for SQLite commits made with automatic checkpoints off.
+def open_sqlite(database: str) -> sqlite3.Connection:
+    """A plain sqlite3 connection to ``database`` with the engine's pragmas, in
+    autocommit mode: whoever uses it begins and ends its transactions explicitly."""
+    connection = sqlite3.connect(
+        database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None
+    )
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            connection.execute(pragma)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
-    A commit made on the event loop's thread (sqlite_driver.run_inline) must not run
-    SQLite's automatic checkpoint there: copying ~1,000 pages and syncing the file
-    would stop every request for as long as the disk takes. Those commits skip it, and
-    this runs a PASSIVE checkpoint in a pooled connection's thread instead, after every
-    ``every_events`` events so committed (~6 WAL pages each), one at a time. A passive
-    checkpoint never blocks writers or readers.
+
+class SqliteThread:
+    """A plain sqlite3 connection of its own, used from one dedicated thread only.
+
+    For work that is several statements and should be one hand-off (the ingest
+    writer's group commit: BEGIN IMMEDIATE, inserts, COMMIT): the event loop's thread
+    runs no statement and never waits for SQLite's lock; the thread does, up to the
+    busy timeout. Work begins and ends its own transactions; one left open is rolled
+    back (it would hold the write lock for good).
     """
 
-    def __init__(self, engine: AsyncEngine, *, every_events: int = 200) -> None:
-        self._engine = engine
-        self._every = every_events
-        self._owed = 0
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, database: str) -> None:
+        self._database = database
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._connection: sqlite3.Connection | None = None
 
-    def owed(self, events: int) -> None:
-        self._owed += events
-        if self._owed >= self._every and (self._task is None or self._task.done()):
-            self._owed = 0
-            self._task = asyncio.create_task(self._checkpoint(), name="sqlite-checkpoint")
+    @staticmethod
+    def for_engine(engine: AsyncEngine) -> SqliteThread | None:
+        """One for the engine's database file; None where a second connection would
+        not see the same database (in memory)."""
+        database = engine.url.database
+        if not is_sqlite(engine) or not database or database == ":memory:":
+            return None
+        if database.startswith("file:") or engine.url.query:
+            return None  # URI options: left to the engine's own connections
+        return SqliteThread(database)
 
-    async def _checkpoint(self) -> None:
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)`` in the thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, work)
+
+    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._connection is None:
+            self._connection = open_sqlite(self._database)
+        connection = self._connection
         try:
-            async with open_connection(self._engine) as connection:
-                await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        except Exception:
-            # The next one copies what this one did not; commits never depend on it.
-            log.exception("SQLite checkpoint failed")
+            return work(connection)
+        finally:
+            if connection.in_transaction:
+                log.warning("work on the SQLite thread left its transaction open")
+                connection.execute("ROLLBACK")
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     async def close(self) -> None:
-        if self._task is not None:
-            await self._task
-            self._task = None
+        """Close the connection (after any work still queued) and end the thread."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
 
 
 def make_engine(
@@ -222,8 +294,7 @@ def make_engine(
         # of the process's CPU in thread switching.
         engine = create_async_engine(
             url,
-            # One trip to the driver's thread a statement, not four (sqlite_driver).
-            connect_args={"timeout": 30, "async_creator_fn": sqlite_driver.connect},
+            connect_args={"timeout": 30},
             pool_size=4,
             max_overflow=2,
             pool_timeout=60,
@@ -236,17 +307,8 @@ def make_engine(
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # NORMAL is durable across process crashes in WAL mode; only a power cut
-            # may lose the last transactions, the usual trade for an embedded store.
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA cache_size=-65536")
-            # Temporary files in memory: a multi-row INSERT with constraints that may
-            # abort keeps a statement journal, and RETURNING its rows; as files they
-            # were an open, unlink and close per group commit, and their writes.
-            cursor.execute("PRAGMA temp_store=MEMORY")
+            for pragma in SQLITE_PRAGMAS:
+                cursor.execute(pragma)
             cursor.close()
 
         return engine
@@ -300,9 +362,8 @@ def head_revision() -> str:
 async def schema_state(engine: AsyncEngine) -> str:
     """ "ok" unless the database's schema is older than this code needs; then what to
     do about it. A database not brought up to date fails in ways a client cannot tell
-    apart from a bug (ingest needs migration 0005's function on PostgreSQL). A newer
-    schema, one this code does not know (migrated ahead of a rolling upgrade), is ok:
-    migrations only add what older code does not use."""
+    apart from a bug. A newer schema, one this code does not know (migrated ahead of a
+    rolling upgrade), is ok: migrations only add what older code does not use."""
     async with engine.connect() as connection:
         current = await connection.run_sync(
             lambda sync: MigrationContext.configure(sync).get_current_revision()

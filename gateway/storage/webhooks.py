@@ -22,7 +22,6 @@ from gateway.domain.webhooks import (
     WebhookFormat,
 )
 from gateway.storage.db import dialect_insert
-from gateway.storage.events import WEBHOOKS_LOCK_PREFIX
 from gateway.storage.models import Delivery, DeliveryAttemptRow, Webhook
 
 webhooks_table = Webhook.__table__  # type: ignore[attr-defined]
@@ -447,19 +446,20 @@ async def lock_account_webhooks(connection: AsyncConnection, account_id: int) ->
     """Wait for the account's in-flight group commits, and hold new ones back, until
     this transaction ends (PostgreSQL; SQLite's single writer does it already).
 
-    A group commit takes the account's lock shared before it reads the web hooks: in
-    its one statement (the guard function of migration 0005, with a snapshot of its
-    own), or in the transaction that writes its outbox. A web hook created, enabled or
-    deleted under this lock is either seen by a group commit, or committed after it:
-    then its backfill (run after commit) finds those events, ``enableWebhook`` finds
-    the deliveries they held, and a deletion removes the deliveries they wrote instead
-    of failing them.
+    A group commit takes the account's row lock, shared, before it reads whether the
+    account has web hooks (storage.events.insert_prepared); this takes it exclusively.
+    A web hook created, enabled or deleted under this lock is either seen by a group
+    commit, or committed after it: then its backfill (run after commit) finds those
+    events, ``enableWebhook`` finds the deliveries they held, and a deletion removes
+    the deliveries they wrote instead of failing them.
     Without it, an ingest that read the web hooks just before a new one committed and
     committed its events just after that web hook's backfill read lost its delivery.
+    FOR NO KEY UPDATE: it conflicts with FOR SHARE, not with the key-share locks of
+    foreign keys (inserting the account's other rows goes on).
     """
     if connection.dialect.name != "postgresql":
         return
     await connection.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-        {"key": f"{WEBHOOKS_LOCK_PREFIX}{account_id}"},
+        text("SELECT id FROM accounts WHERE id = :account FOR NO KEY UPDATE"),
+        {"account": account_id},
     )

@@ -1,0 +1,297 @@
+"""Writing events: a group commit's inserts, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import orjson
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.storage.events.rows import (
+    NewEvent,
+    PreparedEvent,
+    Unstorable,
+    events_table,
+    prepare_events,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Inserted:
+    """What an insert did."""
+
+    stored: set[int]  # ids of the events inserted (not the duplicates)
+    # A work table (see insert_prepared) has rows of the batch's accounts.
+    has_work: bool = False
+
+
+class NotAlone(enum.Enum):
+    """Why :func:`write_alone` wrote nothing."""
+
+    WORK = "work"  # a work table has rows of the batch's accounts: write it with them
+
+
+async def insert_events(
+    connection: AsyncConnection, *, events: Sequence[NewEvent], now: datetime
+) -> set[int]:
+    """Insert events (of any accounts) with their tags; returns the ids stored.
+
+    An event whose dedupe key its account already has (a provider's retry) is skipped:
+    its id is not in the result. Runs inside the caller's transaction. ValueError, and
+    nothing written, if an event cannot be stored (see rows.prepare_events).
+    """
+    prepared = []
+    for item in prepare_events(connection.dialect, events, now):
+        if isinstance(item, Unstorable):
+            raise ValueError(f"event {item.new.id}: {item.reason}")
+        prepared.append(item)
+    return (await insert_prepared(connection, prepared)).stored
+
+
+async def insert_prepared(
+    connection: AsyncConnection, events: Sequence[PreparedEvent], *, work_in: Sequence[str] = ()
+) -> Inserted:
+    """:func:`insert_events` for events already prepared for this connection's dialect,
+    and whether one of the ``work_in`` tables has rows of the batch's accounts.
+
+    A work table is one whose rows of an account mean that something is to be written
+    with its events (``webhooks``: the outbox). On PostgreSQL the insert first takes
+    each account's row lock, shared: a web hook change takes it exclusively
+    (storage.webhooks.lock_account_webhooks), so it either committed before this
+    transaction's next statement, which then sees it, or waits for this commit (and
+    its backfill then finds these events). SQLite has one writer at a time already.
+    """
+    if not events:
+        return Inserted(set())
+    if connection.dialect.name == "postgresql":
+        return await _insert_postgresql(connection, events, tuple(work_in))
+    return await _insert_sqlite(connection, events, tuple(work_in))
+
+
+def refused_by_database(error: BaseException) -> str | None:
+    """The database's reason when ``error`` is its refusal of a value (a constraint, a
+    value it cannot hold): writing the batch again without the event that carries it
+    succeeds. None for anything else (a lost connection, a lock timeout, a bug)."""
+    original: Any = error.orig if isinstance(error, DBAPIError) else error
+    if isinstance(original, sqlite3.Error):
+        code = getattr(original, "sqlite_errorcode", 0) & 0xFF
+        if isinstance(original, sqlite3.IntegrityError | sqlite3.DataError) or code in {
+            sqlite3.SQLITE_TOOBIG,
+            sqlite3.SQLITE_MISMATCH,
+            sqlite3.SQLITE_RANGE,
+        }:
+            return f"the database refused it: {original}"
+        return None
+    # PostgreSQL: data exceptions, integrity constraints, program limits (an index
+    # entry too large).
+    sqlstate = getattr(original, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate[:2] in {"22", "23", "54"}:
+        message = str(getattr(original, "__cause__", None) or original).splitlines()[0]
+        return f"the database refused it: {message}"
+    return None
+
+
+# -- SQLite --------------------------------------------------------------------------
+
+_SQLITE_ROWS_PER_STATEMENT = 1000  # 19 parameters a row; SQLite allows 32766
+_SQLITE_TAGS = (
+    "INSERT INTO event_tags (account_id, tag, event_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_SQLITE_COUNTS = (
+    "INSERT INTO tag_counts (account_id, tag, count) VALUES (?, ?, ?)"
+    " ON CONFLICT (account_id, tag) DO UPDATE SET count = tag_counts.count + excluded.count"
+)
+_TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+@functools.cache
+def _sqlite_events_statement(rows: int) -> str:
+    names = [column.name for column in events_table.c]
+    values = "(" + ", ".join("?" * len(names)) + ")"
+    # Only the table's own column names and placeholders go into the text.
+    return (
+        f"INSERT INTO events ({', '.join(names)}) VALUES {', '.join([values] * rows)}"  # noqa: S608
+        " ON CONFLICT (account_id, dedupe_key) DO NOTHING RETURNING id"
+    )
+
+
+@functools.cache
+def _sqlite_probe(table: str, accounts: int) -> str:
+    if not _TABLE_NAME.fullmatch(table):
+        raise ValueError(f"not a table name: {table!r}")
+    marks = ", ".join("?" * accounts)
+    # Only a checked table name and placeholders go into the text.
+    return f'SELECT 1 FROM "{table}" WHERE account_id IN ({marks}) LIMIT 1'  # noqa: S608
+
+
+@dataclass(frozen=True, slots=True)
+class _SqliteBatch:
+    """A batch's statements and parameters, the same for sqlite3 and SQLAlchemy."""
+
+    chunks: list[tuple[str, tuple[Any, ...]]]
+    tags: dict[int, tuple[int, tuple[str, ...]]]  # event id: (account, tags)
+    accounts: tuple[int, ...]
+
+    @staticmethod
+    def of(events: Sequence[PreparedEvent]) -> _SqliteBatch:
+        chunks = []
+        for start in range(0, len(events), _SQLITE_ROWS_PER_STATEMENT):
+            chunk = events[start : start + _SQLITE_ROWS_PER_STATEMENT]
+            values = tuple(
+                value for prepared in chunk for value in cast(tuple[Any, ...], prepared.values)
+            )
+            chunks.append((_sqlite_events_statement(len(chunk)), values))
+        return _SqliteBatch(
+            chunks,
+            {prepared.new.id: (prepared.new.account_id, prepared.tags) for prepared in events},
+            tuple(sorted({prepared.new.account_id for prepared in events})),
+        )
+
+    def tag_rows(self, stored: set[int]) -> list[tuple[int, str, int]]:
+        return [
+            (account_id, tag, event_id)
+            for event_id, (account_id, tags) in self.tags.items()
+            if event_id in stored
+            for tag in tags
+        ]
+
+    @staticmethod
+    def count_rows(tag_rows: Sequence[tuple[int, str, int]]) -> list[tuple[int, str, int]]:
+        counts: dict[tuple[int, str], int] = {}
+        for account_id, tag, _event_id in tag_rows:
+            counts[account_id, tag] = counts.get((account_id, tag), 0) + 1
+        return [(account_id, tag, n) for (account_id, tag), n in sorted(counts.items())]
+
+    def probes(self, tables: Sequence[str]) -> list[str]:
+        return [_sqlite_probe(table, len(self.accounts)) for table in tables]
+
+
+def write_alone(
+    sqlite: sqlite3.Connection, events: Sequence[PreparedEvent], *, unless_work_in: Sequence[str]
+) -> Inserted | NotAlone:
+    """SQLite, on a plain connection in autocommit mode (storage.db.SqliteThread): the
+    batch's events, tags and counts inserted and committed in one call, unless one of
+    the ``unless_work_in`` tables has a row of the batch's accounts: then nothing is
+    written, and the caller writes the batch in a transaction with whatever that work
+    is. BEGIN IMMEDIATE takes the write lock first (waiting for another process's
+    writer up to the busy timeout), so the answer holds until the commit.
+    """
+    if not events:
+        return Inserted(set())
+    batch = _SqliteBatch.of(events)
+    sqlite.execute("BEGIN IMMEDIATE")
+    try:
+        for probe in batch.probes(unless_work_in):
+            if sqlite.execute(probe, batch.accounts).fetchone() is not None:
+                sqlite.execute("ROLLBACK")
+                return NotAlone.WORK
+        stored: set[int] = set()
+        for statement, parameters in batch.chunks:
+            stored.update(row[0] for row in sqlite.execute(statement, parameters).fetchall())
+        if tag_rows := batch.tag_rows(stored):
+            sqlite.executemany(_SQLITE_TAGS, tag_rows)
+            sqlite.executemany(_SQLITE_COUNTS, batch.count_rows(tag_rows))
+        sqlite.execute("COMMIT")
+    except BaseException:
+        if sqlite.in_transaction:
+            sqlite.execute("ROLLBACK")
+        raise
+    return Inserted(stored)
+
+
+async def _insert_sqlite(
+    connection: AsyncConnection, events: Sequence[PreparedEvent], work_in: tuple[str, ...]
+) -> Inserted:
+    batch = _SqliteBatch.of(events)
+    stored: set[int] = set()
+    for statement, parameters in batch.chunks:
+        result = await connection.exec_driver_sql(statement, parameters)
+        stored.update(row[0] for row in result)
+    if tag_rows := batch.tag_rows(stored):
+        await connection.exec_driver_sql(_SQLITE_TAGS, tag_rows)
+        await connection.exec_driver_sql(_SQLITE_COUNTS, batch.count_rows(tag_rows))
+    for probe in batch.probes(work_in):
+        if (await connection.exec_driver_sql(probe, batch.accounts)).first() is not None:
+            return Inserted(stored, has_work=True)
+    return Inserted(stored)
+
+
+# -- PostgreSQL ----------------------------------------------------------------------
+
+# Each account's row, shared, in id order (web hook changes take it exclusively, one
+# account at a time). A statement of its own: the next one's snapshot is taken after
+# the locks are granted, so it sees a web hook committed while this one waited.
+_POSTGRESQL_LOCK = "SELECT id FROM accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE"
+
+# Events, their tag rows and tag counts in one PostgreSQL statement. The rows arrive as
+# one JSON document that PostgreSQL turns into records of the table's own row type: one
+# round trip and one prepared statement for a batch of any size, and next to no
+# per-value work in Python (twice the rows per second of multi-row VALUES and two more
+# statements). Tags and counts are written only for the events actually inserted (not
+# the duplicates). Events go in (account, dedupe key) order and counts in (account,
+# tag) order, so that concurrent writers (batches in flight at once, other replicas)
+# take those locks in one order and never deadlock over a retried event. The last
+# column says whether a work table has rows of the batch's accounts ($3, given only
+# with work tables).
+_POSTGRESQL_INSERT = """
+    WITH inserted AS (
+        INSERT INTO events
+        SELECT * FROM json_populate_recordset(NULL::events, $1::json)
+        ORDER BY account_id, dedupe_key
+        ON CONFLICT (account_id, dedupe_key) DO NOTHING
+        RETURNING id
+    ), new_tags AS (
+        SELECT tag.account_id, tag.tag, tag.event_id
+        FROM json_to_recordset($2::json) AS tag(account_id bigint, tag text, event_id bigint)
+        JOIN inserted ON inserted.id = tag.event_id
+    ), tag_rows AS (
+        INSERT INTO event_tags (account_id, tag, event_id)
+        SELECT account_id, tag, event_id FROM new_tags
+        ON CONFLICT DO NOTHING
+    ), counts AS (
+        INSERT INTO tag_counts (account_id, tag, count)
+        SELECT account_id, tag, count(*) FROM new_tags
+        GROUP BY account_id, tag ORDER BY account_id, tag
+        ON CONFLICT (account_id, tag) DO UPDATE SET count = tag_counts.count + excluded.count
+    )
+    SELECT ARRAY(SELECT id FROM inserted) AS ids, {work} AS has_work
+"""
+
+
+@functools.cache
+def _postgresql_insert(work_in: tuple[str, ...]) -> str:
+    for table in work_in:
+        if not _TABLE_NAME.fullmatch(table):
+            raise ValueError(f"not a table name: {table!r}")
+    work = " OR ".join(
+        # Only checked table names go into the text.
+        f'EXISTS (SELECT 1 FROM "{table}" WHERE account_id = ANY($3::bigint[]))'  # noqa: S608
+        for table in work_in
+    )
+    return _POSTGRESQL_INSERT.format(work=work or "false")
+
+
+async def _insert_postgresql(
+    connection: AsyncConnection, events: Sequence[PreparedEvent], work_in: tuple[str, ...]
+) -> Inserted:
+    accounts = sorted({prepared.new.account_id for prepared in events})
+    tags = [
+        {"account_id": prepared.new.account_id, "tag": tag, "event_id": prepared.new.id}
+        for prepared in events
+        for tag in prepared.tags
+    ]
+    rows = b",".join(cast(bytes, prepared.values) for prepared in events)
+    await connection.exec_driver_sql(_POSTGRESQL_LOCK, (accounts,))
+    parameters: tuple[Any, ...] = (f"[{rows.decode()}]", orjson.dumps(tags).decode())
+    if work_in:
+        parameters += (accounts,)
+    row = (await connection.exec_driver_sql(_postgresql_insert(work_in), parameters)).one()
+    return Inserted(set(row.ids), has_work=bool(row.has_work))
