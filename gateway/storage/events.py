@@ -27,7 +27,9 @@ from gateway.domain.events import (
     dedupe_key,
 )
 from gateway.domain.query import EventFilter, StoredEvent, bare_message_id, email_key
+from gateway.domain.stats import rollup_increments
 from gateway.storage.db import SQLITE_BUSY_TIMEOUT_MS
+from gateway.storage.event_counts import POSTGRESQL_EVENT_COUNTS_CTES, SQLITE_EVENT_COUNTS
 from gateway.storage.models import EventRow, EventTag, TagCount
 from gateway.storage.sqlite_driver import OneTripConnection
 
@@ -268,6 +270,7 @@ def _sqlite_write(
     tags_by_event = {
         prepared.new.id: (prepared.new.account_id, prepared.new.event.tags) for prepared in events
     }
+    new_by_id = {prepared.new.id: prepared.new for prepared in events}
     accounts = sorted({prepared.new.account_id for prepared in events})
     marks = ", ".join("?" * len(accounts))
     probes = [
@@ -303,6 +306,13 @@ def _sqlite_write(
             sqlite.executemany(
                 _SQLITE_COUNTS,
                 [(account_id, tag, n) for (account_id, tag), n in sorted(counts.items())],
+            )
+        if stored:
+            sqlite.executemany(
+                SQLITE_EVENT_COUNTS,
+                rollup_increments(
+                    (new.account_id, new.event) for id_, new in new_by_id.items() if id_ in stored
+                ),
             )
         if commit_unless is None or (
             stored and any(sqlite.execute(probe, accounts).fetchone() for probe in probes)
@@ -401,14 +411,14 @@ def _begin_at_once(sqlite: sqlite3.Connection) -> bool:
 
 WEBHOOKS_LOCK_PREFIX = "gateway:webhooks:"  # advisory lock key of an account's web hooks
 
-# Events, their tag rows and tag counts in one PostgreSQL statement. The rows arrive as
-# one JSON document that PostgreSQL turns into records of the table's own row type: one
-# round trip and one prepared statement for a batch of any size, and next to no
-# per-value work in Python (twice the rows per second of multi-row VALUES and two more
-# statements). Tags and counts are written only for the events actually inserted (not
-# the duplicates). Events go in (account, dedupe key) order and counts in (account,
-# tag) order, so that concurrent writers (batches in flight at once, other replicas)
-# take those locks in one order and never deadlock over a retried event.
+# Events, their tag rows, tag counts and event counts (the eventStats rollup) in one
+# PostgreSQL statement. The rows arrive as one JSON document that PostgreSQL turns into
+# records of the table's own row type: one round trip and one prepared statement for a
+# batch of any size, and next to no per-value work in Python (twice the rows per second
+# of multi-row VALUES and two more statements). Tags and counts are written only for
+# the events actually inserted (not the duplicates). Events go in (account, dedupe key)
+# order and counts in key order, so that concurrent writers (batches in flight at once,
+# other replicas) take those locks in one order and never deadlock over a retried event.
 # The guard (migration 0005) runs first: it takes each account's web hook lock, shared
 # (storage.webhooks.lock_account_webhooks), and says whether a work table ($3) has rows
 # of the accounts; if so, nothing is inserted (insert_alone). Its answer gates the
@@ -422,7 +432,7 @@ _POSTGRESQL_INSERT = """
         WHERE (SELECT has_work FROM guard) IS FALSE
         ORDER BY account_id, dedupe_key
         ON CONFLICT (account_id, dedupe_key) DO NOTHING
-        RETURNING id
+        RETURNING id, account_id, type, provider, template, occurred_at
     ), new_tags AS (
         SELECT tag.account_id, tag.tag, tag.event_id
         FROM json_to_recordset($5::json) AS tag(account_id bigint, tag text, event_id bigint)
@@ -436,9 +446,9 @@ _POSTGRESQL_INSERT = """
         SELECT account_id, tag, count(*) FROM new_tags
         GROUP BY account_id, tag ORDER BY account_id, tag
         ON CONFLICT (account_id, tag) DO UPDATE SET count = tag_counts.count + excluded.count
-    )
+    ),{event_counts}
     SELECT (SELECT has_work FROM guard) AS has_work, ARRAY(SELECT id FROM inserted) AS ids
-"""
+""".replace("{event_counts}", POSTGRESQL_EVENT_COUNTS_CTES)
 
 
 def _postgresql_parameters(

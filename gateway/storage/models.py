@@ -184,3 +184,19 @@ class DeliveryAttemptRow(SQLModel, table=True):
     duration_ms: float
     error: str | None = Field(default=None, sa_type=Text)
     response_excerpt: str | None = Field(default=None, sa_type=Text)
+
+
+class EventCount(SQLModel, table=True):
+    """How many events an account stored per UTC hour, type and one dimension (its
+    provider, its template, each of its tags): ``eventStats`` reads these, not the
+    events. Ingest adds to them in the transaction that stores the events."""
+
+    __tablename__ = "event_counts"
+    account_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    dimension: str = Field(primary_key=True, max_length=8)  # provider | template | tag
+    hour: int = Field(  # hours since the Unix epoch, UTC
+        sa_column=Column(BigInteger, primary_key=True, autoincrement=False)
+    )
+    key: str = Field(primary_key=True, max_length=255)
+    type: str = Field(primary_key=True, max_length=16)
+    count: int = Field(default=0, sa_type=BigInteger)

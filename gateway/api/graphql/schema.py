@@ -18,6 +18,7 @@ from strawberry.extensions import (
 from strawberry.types import Info
 
 from gateway.api.graphql.context import Context, authorized, object_id, page_size, user_error
+from gateway.api.graphql.stats import StatsQuery
 from gateway.api.graphql.subscriptions import SharedExecution, Subscription
 from gateway.api.graphql.types import (
     EVENT_TYPES,
@@ -41,7 +42,7 @@ from gateway.settings import Settings
 
 
 @strawberry.type
-class Query(WebhookQuery):
+class Query(WebhookQuery, StatsQuery):
     @strawberry.field(description="Events, newest first, as a Relay cursor connection.")
     async def events(
         self,

@@ -1,0 +1,143 @@
+"""Counting events per time bucket and key (``eventStats``), without I/O.
+
+Ingest keeps a rollup: per account, UTC hour, event type and one *dimension* (the
+provider, the template, or one tag), how many events were stored. Every event has
+exactly one provider, so the provider rows summed per type are the type counts too.
+A filter the rollup can answer names at most one dimension besides the type; what it
+cannot answer (an address, a message id, several tags, or two dimensions at once) is
+counted from the events themselves, up to a bound.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from gateway.domain.events import NormalizedEvent
+from gateway.domain.query import EventFilter
+
+HOUR_SECONDS = 3600
+
+
+class StatsInterval(enum.Enum):
+    HOUR = "HOUR"
+    DAY = "DAY"
+
+    @property
+    def hours(self) -> int:
+        return 1 if self is StatsInterval.HOUR else 24
+
+
+class StatsGroup(enum.Enum):
+    TYPE = "TYPE"
+    PROVIDER = "PROVIDER"
+    TEMPLATE = "TEMPLATE"
+    TAG = "TAG"
+
+
+class Dimension(enum.Enum):
+    """What a rollup row counts besides its type (the ``dimension`` column)."""
+
+    PROVIDER = "provider"
+    TEMPLATE = "template"
+    TAG = "tag"
+
+
+@dataclass(frozen=True, slots=True)
+class StatsBucket:
+    start: datetime
+    key: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RollupPlan:
+    """How to read ``where`` grouped by ``group`` from the rollup: the rows of one
+    dimension, restricted to ``keys`` (if any) and ``types`` (if any), grouped by
+    their type or by their key."""
+
+    dimension: Dimension
+    keys: tuple[str, ...]
+    types: tuple[str, ...]
+    by_type: bool
+
+
+def rollup_plan(where: EventFilter, group: StatsGroup) -> RollupPlan | None:
+    """The rollup read that answers ``where`` grouped by ``group``, or None if only the
+    events themselves can (see the module docstring)."""
+    if where.message_id is not None or where.email is not None or len(where.tags) > 1:
+        return None
+    types = tuple(sorted(t.value for t in where.types))
+    # The dimensions the filter names, each with the keys it allows.
+    named: dict[Dimension, tuple[str, ...]] = {}
+    if where.providers:
+        named[Dimension.PROVIDER] = tuple(sorted(p.value for p in where.providers))
+    if where.template is not None:
+        named[Dimension.TEMPLATE] = (where.template,)
+    if where.tags:
+        named[Dimension.TAG] = where.tags
+    if group is StatsGroup.TYPE:
+        if len(named) > 1:
+            return None
+        dimension, keys = next(iter(named.items()), (Dimension.PROVIDER, ()))
+        return RollupPlan(dimension, keys, types, by_type=True)
+    dimension = Dimension[group.value]
+    if set(named) - {dimension}:
+        return None
+    return RollupPlan(dimension, named.get(dimension, ()), types, by_type=False)
+
+
+def hour_of(moment: datetime) -> int:
+    """Hours since the Unix epoch, UTC: the rollup's time column."""
+    return int(moment.timestamp() // HOUR_SECONDS)
+
+
+def hour_start(hour: int) -> datetime:
+    return datetime.fromtimestamp(hour * HOUR_SECONDS, UTC)
+
+
+def keys_of(event: NormalizedEvent, group: StatsGroup) -> tuple[str, ...]:
+    """What ``event`` counts under when grouped by ``group``: TEMPLATE and TAG count only
+    events that have one, and an event with two tags counts under each."""
+    if group is StatsGroup.TYPE:
+        return (event.type.value,)
+    if group is StatsGroup.PROVIDER:
+        return (event.provider.value,)
+    if group is StatsGroup.TEMPLATE:
+        return () if event.template is None else (event.template,)
+    return tuple(dict.fromkeys(event.tags))
+
+
+def rollup_increments(
+    events: Iterable[tuple[int, NormalizedEvent]],
+) -> list[tuple[int, str, int, str, str, int]]:
+    """The rollup rows a batch of newly stored events adds, as ``(account_id,
+    dimension, hour, key, type, count)`` in primary-key order (concurrent writers take
+    the rows' locks in one order)."""
+    counts: dict[tuple[int, str, int, str, str], int] = {}
+    for account_id, event in events:
+        hour = hour_of(event.occurred_at)
+        kind = event.type.value
+        keys = [(Dimension.PROVIDER, event.provider.value)]
+        if event.template is not None:
+            keys.append((Dimension.TEMPLATE, event.template))
+        keys.extend((Dimension.TAG, tag) for tag in dict.fromkeys(event.tags))
+        for dimension, key in keys:
+            row = (account_id, dimension.value, hour, key, kind)
+            counts[row] = counts.get(row, 0) + 1
+    return [(*row, n) for row, n in sorted(counts.items())]
+
+
+def tally(
+    events: Iterable[NormalizedEvent], interval: StatsInterval, group: StatsGroup
+) -> dict[tuple[int, str], int]:
+    """Counts per (first hour of the bucket, key), from the events themselves."""
+    counts: dict[tuple[int, str], int] = {}
+    width = interval.hours
+    for event in events:
+        bucket = hour_of(event.occurred_at) // width * width
+        for key in keys_of(event, group):
+            counts[bucket, key] = counts.get((bucket, key), 0) + 1
+    return counts
