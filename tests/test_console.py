@@ -24,10 +24,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
+from starlette.responses import Response
 
 from gateway.services.accounts import CreatedAccount
 from tests.conftest import Gateway, need
+from tests.receiver import Receiver
 from tests.support import brevo_event, ingest_brevo
+from tests.test_webhooks import create_webhook, settled
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -196,6 +199,32 @@ async def test_a_new_event_arrives_in_the_live_tail(
 
     kind, text = await in_browser(arrived)
     assert kind == "CLICKED" and "live@example.com" in text
+
+
+@on_sqlite
+async def test_web_hook_health_shows_success_and_the_last_error(
+    gateway: Gateway,
+    account: CreatedAccount,
+    api: httpx.AsyncClient,
+    receiver: Receiver,
+    browser: WebDriver,
+) -> None:
+    good, _ = await create_webhook(api, url=receiver.endpoint().url, events=["DELIVERED"])
+    failing = receiver.endpoint(lambda _received: Response("down", status_code=503))
+    bad, _ = await create_webhook(api, url=failing.url, events=["DELIVERED"])
+    await ingest_brevo(gateway, account, brevo_event(ts_event=recent(1), ts=recent(1)))
+    await settled(api, good["id"], 1, {"SUCCEEDED"})
+    await settled(api, bad["id"], 1, {"FAILED"})
+    await in_browser(sign_in, browser, gateway.base_url, account.api_key)
+
+    def health(webhook_id: str) -> list[str]:
+        row = browser.find_element(By.CSS_SELECTOR, f"#webhook-health tr[data-id='{webhook_id}']")
+        return [cell.text for cell in row.find_elements(By.CSS_SELECTOR, "th, td")]
+
+    good_row, bad_row = await in_browser(lambda: (health(good["id"]), health(bad["id"])))
+    await in_browser(browser.save_screenshot, str(SCREENSHOTS / "console-webhooks.png"))
+    assert good_row[1:3] == ["enabled", "100.0 %"] and good_row[6] == ""
+    assert bad_row[1:3] == ["enabled", "0.0 %"] and "HTTP 503" in bad_row[6]
 
 
 async def test_the_home_page_leads_to_the_console(gateway: Gateway) -> None:
