@@ -1,7 +1,8 @@
 """Benchmark databases: create and drop them, an account, bulk fill, the insert ceiling.
 
 Writes go through the gateway's own storage code (``insert_events``), so the data the
-queries later read is exactly what ingest would have stored: rows, tag rows, tag counts.
+queries later read is exactly what ingest would have stored: rows, tag rows, tag counts,
+the eventStats rollup.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from gateway.storage.db import make_engine, migrate
 
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 POSTGRES_BENCH_DB = "gateway_bench"
-EVENT_TABLES = ("event_tags", "tag_counts", "events")
+EVENT_TABLES = ("event_tags", "tag_counts", "event_counts", "events")
 
 
 @dataclass(frozen=True)
