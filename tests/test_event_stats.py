@@ -219,3 +219,10 @@ async def test_the_migration_counts_the_events_already_stored(
         if backend == "postgres":
             _admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
     assert [tuple(row) for row in rows] == rollup_increments(normalized)
+
+
+async def test_the_widest_window_off_the_hour_is_answered(
+    api: httpx.AsyncClient, traffic: None
+) -> None:
+    where = {"start": "0001-01-01T00:30:00Z", "end": "9999-12-31T23:30:00Z"}
+    assert await stats(api, w=where, g="PROVIDER") == [(DAY_20, "BREVO", 4), (DAY_21, "BREVO", 1)]
