@@ -227,6 +227,26 @@ async def test_web_hook_health_shows_success_and_the_last_error(
     assert bad_row[1:3] == ["enabled", "0.0 %"] and "HTTP 503" in bad_row[6]
 
 
+@on_sqlite
+async def test_a_wrong_key_is_refused_on_the_sign_in_form(
+    gateway: Gateway, browser: WebDriver
+) -> None:
+    def try_wrong_key() -> tuple[str, bool]:
+        browser.get(f"{gateway.base_url}/console")
+        browser.execute_script("sessionStorage.clear()")
+        browser.get(f"{gateway.base_url}/console")
+        key = wait(browser).until(ec.visibility_of_element_located((By.ID, "api-key")))
+        key.send_keys("egw_not-a-key")
+        browser.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
+        wait(browser).until(ec.text_to_be_present_in_element((By.ID, "sign-in-error"), "key"))
+        return (
+            browser.find_element(By.ID, "sign-in-error").text,
+            browser.find_element(By.ID, "dashboard").is_displayed(),
+        )
+
+    assert await in_browser(try_wrong_key) == ("That API key is not valid here.", False)
+
+
 async def test_the_home_page_leads_to_the_console(gateway: Gateway) -> None:
     async with gateway.client() as client:
         response = await client.get("/")
