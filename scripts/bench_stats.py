@@ -29,6 +29,8 @@ from bench_queries import _quantiles
 from bench_run import ROOT, _events_label, log
 from bench_servers import ServerProcess
 
+# A database of its own: the ingest benchmark drops and recreates bench_store's.
+bench_store.POSTGRES_BENCH_DB = "gateway_bench_stats"
 FULL_EVENTS, QUICK_EVENTS = 1_000_000, 100_000
 REQUESTS, WARMUP = 200, 20
 P50_TARGET_MS = 50.0

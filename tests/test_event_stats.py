@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.domain.events import EventType, NormalizedEvent, Provider
-from gateway.domain.stats import rollup_increments
+from gateway.domain.stats import StatsInterval, rollup_increments, rollup_spans
 from gateway.services.accounts import CreatedAccount
 from gateway.settings import async_database_url
 from gateway.storage.db import make_engine, migrate
@@ -226,3 +226,33 @@ async def test_the_widest_window_off_the_hour_is_answered(
 ) -> None:
     where = {"start": "0001-01-01T00:30:00Z", "end": "9999-12-31T23:30:00Z"}
     assert await stats(api, w=where, g="PROVIDER") == [(DAY_20, "BREVO", 4), (DAY_21, "BREVO", 1)]
+
+
+async def test_whole_days_and_the_hours_of_part_days_add_up(
+    api: httpx.AsyncClient, traffic: None
+) -> None:
+    where = {"start": "2026-11-20T10:00:00Z", "end": "2026-11-22T00:00:00Z"}
+    assert await stats(api, w=where) == [
+        (DAY_20, "BOUNCED", 1),
+        (DAY_20, "DELIVERED", 1),
+        (DAY_20, "OPENED", 1),
+        (DAY_21, "DELIVERED", 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("first", "end", "interval", "ranges"),
+    [
+        (None, None, StatsInterval.DAY, [(24, None, None)]),
+        (10, 100, StatsInterval.HOUR, [(1, 10, 100)]),
+        (10, 100, StatsInterval.DAY, [(24, 24, 96), (1, 10, 24), (1, 96, 100)]),
+        (24, 48, StatsInterval.DAY, [(24, 24, 48)]),
+        (10, 20, StatsInterval.DAY, [(1, 10, 20)]),
+        (None, 30, StatsInterval.DAY, [(24, None, 24), (1, 24, 30)]),
+        (30, None, StatsInterval.DAY, [(24, 48, None), (1, 30, 48)]),
+    ],
+)
+def test_rollup_reads_days_from_day_rows_and_the_rest_from_hour_rows(
+    first: int | None, end: int | None, interval: StatsInterval, ranges: list[Any]
+) -> None:
+    assert rollup_spans(first, end, interval) == ranges

@@ -1,7 +1,7 @@
 """Counting events per time bucket and key (``eventStats``), without I/O.
 
-Ingest keeps a rollup: per account, UTC hour, event type and one *dimension* (the
-provider, the template, or one tag), how many events were stored. Every event has
+Ingest keeps a rollup: per account, UTC hour (and UTC day), event type and one
+*dimension* (the provider, the template, or one tag), how many events were stored. Every event has
 exactly one provider, so the provider rows summed per type are the type counts too.
 A filter the rollup can answer names at most one dimension besides the type; what it
 cannot answer (an address, a message id, several tags, or two dimensions at once) is
@@ -110,13 +110,17 @@ def keys_of(event: NormalizedEvent, group: StatsGroup) -> tuple[str, ...]:
     return tuple(dict.fromkeys(event.tags))
 
 
+SPANS = (1, 24)  # the rollup keeps rows of one hour and rows of one UTC day
+
+
 def rollup_increments(
     events: Iterable[tuple[int, NormalizedEvent]],
-) -> list[tuple[int, str, int, str, str, int]]:
+) -> list[tuple[int, str, int, int, str, str, int]]:
     """The rollup rows a batch of newly stored events adds, as ``(account_id,
-    dimension, hour, key, type, count)`` in primary-key order (concurrent writers take
-    the rows' locks in one order)."""
-    counts: dict[tuple[int, str, int, str, str], int] = {}
+    dimension, span, hour, key, type, count)``: a row of each span (hours it covers,
+    ``hour`` its first hour), in primary-key order (concurrent writers take the rows'
+    locks in one order)."""
+    counts: dict[tuple[int, str, int, int, str, str], int] = {}
     for account_id, event in events:
         hour = hour_of(event.occurred_at)
         kind = event.type.value
@@ -124,10 +128,32 @@ def rollup_increments(
         if event.template is not None:
             keys.append((Dimension.TEMPLATE, event.template))
         keys.extend((Dimension.TAG, tag) for tag in dict.fromkeys(event.tags))
-        for dimension, key in keys:
-            row = (account_id, dimension.value, hour, key, kind)
-            counts[row] = counts.get(row, 0) + 1
+        for span in SPANS:
+            first = hour // span * span
+            for dimension, key in keys:
+                row = (account_id, dimension.value, span, first, key, kind)
+                counts[row] = counts.get(row, 0) + 1
     return [(*row, n) for row, n in sorted(counts.items())]
+
+
+def rollup_spans(
+    first_hour: int | None, end_hour: int | None, interval: StatsInterval
+) -> list[tuple[int, int | None, int | None]]:
+    """How to read whole hours ``[first_hour, end_hour)`` (None: unbounded) from the
+    rollup: ``(span, first, end)`` ranges. Days come from day rows (a 30-day chart
+    reads 30 rows a key and type, not 720); the hours of part days from hour rows."""
+    if interval is StatsInterval.HOUR:
+        return [(1, first_hour, end_hour)]
+    first_day = None if first_hour is None else -(-first_hour // 24) * 24
+    end_day = None if end_hour is None else end_hour // 24 * 24
+    if first_day is not None and end_day is not None and first_day >= end_day:
+        return [(1, first_hour, end_hour)]
+    ranges: list[tuple[int, int | None, int | None]] = [(24, first_day, end_day)]
+    if first_hour is not None and first_day is not None and first_hour < first_day:
+        ranges.append((1, first_hour, first_day))
+    if end_hour is not None and end_day is not None and end_day < end_hour:
+        ranges.append((1, end_day, end_hour))
+    return ranges
 
 
 def tally(

@@ -18,6 +18,7 @@ from gateway.domain.stats import (
     hour_of,
     hour_start,
     rollup_plan,
+    rollup_spans,
     tally,
 )
 from gateway.services.accounts import InputError
@@ -137,15 +138,17 @@ class EventQueries:
                 first_hour, end_hour, scans = _whole_hours(where)
                 hint = "start and end on whole hours are counted from the rollup"
                 if first_hour is None or end_hour is None or first_hour < end_hour:
-                    for start, key, count in await event_counts.read_rollup(
-                        connection,
-                        account_id=account_id,
-                        plan=plan,
-                        width_hours=width,
-                        first_hour=first_hour,
-                        end_hour=end_hour,
-                    ):
-                        counts[start, key] = counts.get((start, key), 0) + count
+                    for span, first, end in rollup_spans(first_hour, end_hour, interval):
+                        for start, key, count in await event_counts.read_rollup(
+                            connection,
+                            account_id=account_id,
+                            plan=plan,
+                            span=span,
+                            width_hours=width,
+                            first_hour=first,
+                            end_hour=end,
+                        ):
+                            counts[start, key] = counts.get((start, key), 0) + count
             for scan in scans:
                 found = await event_store.find_events(
                     connection, account_id=account_id, where=scan, limit=STATS_SCAN_LIMIT + 1

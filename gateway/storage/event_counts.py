@@ -13,9 +13,9 @@ event_counts_table = EventCount.__table__  # type: ignore[attr-defined]
 
 # SQLite: the rows of domain.stats.rollup_increments for the events a batch inserted.
 SQLITE_EVENT_COUNTS = (
-    "INSERT INTO event_counts (account_id, dimension, hour, key, type, count)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (account_id, dimension, hour, key, type)"
+    "INSERT INTO event_counts (account_id, dimension, span, hour, key, type, count)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (account_id, dimension, span, hour, key, type)"
     " DO UPDATE SET count = event_counts.count + excluded.count"
 )
 
@@ -35,13 +35,20 @@ POSTGRESQL_EVENT_COUNTS_CTES = """
         SELECT tagged.account_id, 'tag', tagged.tag, inserted.type, inserted.occurred_at
         FROM (SELECT DISTINCT account_id, tag, event_id FROM new_tags) AS tagged
         JOIN inserted ON inserted.id = tagged.event_id
-    ), stats AS (
-        INSERT INTO event_counts (account_id, dimension, hour, key, type, count)
-        SELECT account_id, dimension, floor(extract(epoch FROM occurred_at) / 3600)::bigint,
-            key, type, count(*)
+    ), stat_hours AS (
+        SELECT account_id, dimension, key, type,
+            floor(extract(epoch FROM occurred_at) / 3600)::bigint AS hour
         FROM stat_rows
-        GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
-        ON CONFLICT (account_id, dimension, hour, key, type)
+    ), stats AS (
+        INSERT INTO event_counts (account_id, dimension, span, hour, key, type, count)
+        SELECT account_id, dimension, span, hour, key, type, count(*)
+        FROM (
+            SELECT account_id, dimension, 1 AS span, hour, key, type FROM stat_hours
+            UNION ALL
+            SELECT account_id, dimension, 24, hour / 24 * 24, key, type FROM stat_hours
+        ) AS spans
+        GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
+        ON CONFLICT (account_id, dimension, span, hour, key, type)
         DO UPDATE SET count = event_counts.count + excluded.count
     )"""
 
@@ -51,17 +58,22 @@ async def read_rollup(
     *,
     account_id: int,
     plan: RollupPlan,
+    span: int,
     width_hours: int,
     first_hour: int | None,
     end_hour: int | None,
 ) -> list[tuple[int, str, int]]:
-    """``(first hour of the bucket, key, count)`` for the plan's rows in hours
-    ``[first_hour, end_hour)``, buckets ``width_hours`` wide (aligned on the epoch, so
-    days are UTC days)."""
+    """``(first hour of the bucket, key, count)`` for the plan's rows of ``span`` in
+    hours ``[first_hour, end_hour)``, buckets ``width_hours`` wide (aligned on the
+    epoch, so days are UTC days)."""
     c = event_counts_table.c
     group = c.type if plan.by_type else c.key
-    bucket = (c.hour // width_hours) * width_hours if width_hours > 1 else c.hour
-    conditions = [c.account_id == account_id, c.dimension == plan.dimension.value]
+    bucket = (c.hour // width_hours) * width_hours if width_hours > span else c.hour
+    conditions = [
+        c.account_id == account_id,
+        c.dimension == plan.dimension.value,
+        c.span == span,
+    ]
     if first_hour is not None:
         conditions.append(c.hour >= first_hour)
     if end_hour is not None:

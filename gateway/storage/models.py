@@ -187,14 +187,15 @@ class DeliveryAttemptRow(SQLModel, table=True):
 
 
 class EventCount(SQLModel, table=True):
-    """How many events an account stored per UTC hour, type and one dimension (its
+    """How many events an account stored per UTC hour (and day), type and one dimension (its
     provider, its template, each of its tags): ``eventStats`` reads these, not the
     events. Ingest adds to them in the transaction that stores the events."""
 
     __tablename__ = "event_counts"
     account_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     dimension: str = Field(primary_key=True, max_length=8)  # provider | template | tag
-    hour: int = Field(  # hours since the Unix epoch, UTC
+    span: int = Field(primary_key=True)  # hours the row covers: 1, or 24 (a UTC day)
+    hour: int = Field(  # its first hour, in hours since the Unix epoch, UTC
         sa_column=Column(BigInteger, primary_key=True, autoincrement=False)
     )
     key: str = Field(primary_key=True, max_length=255)

@@ -26,10 +26,11 @@ _HOUR = {
     "sqlite": "CAST(strftime('%s', e.occurred_at) AS INTEGER) / 3600",
 }
 
-# The same rows gateway.domain.stats.rollup_increments adds for each new event.
-_BACKFILL = """
-INSERT INTO event_counts (account_id, dimension, hour, key, type, count)
-SELECT account_id, dimension, hour, key, type, count(*) FROM (
+# The same rows gateway.domain.stats.rollup_increments adds for each new event: hour
+# rows from the events, then day rows from the hour rows.
+_BACKFILL_HOURS = """
+INSERT INTO event_counts (account_id, dimension, span, hour, key, type, count)
+SELECT account_id, dimension, 1, hour, key, type, count(*) FROM (
     SELECT e.account_id, 'provider' AS dimension, {hour} AS hour, e.provider AS key, e.type
     FROM events e
     UNION ALL
@@ -41,6 +42,12 @@ SELECT account_id, dimension, hour, key, type, count(*) FROM (
 ) AS counted
 GROUP BY account_id, dimension, hour, key, type
 """
+_BACKFILL_DAYS = """
+INSERT INTO event_counts (account_id, dimension, span, hour, key, type, count)
+SELECT account_id, dimension, 24, hour / 24 * 24, key, type, sum(count)
+FROM event_counts WHERE span = 1
+GROUP BY account_id, dimension, hour / 24 * 24, key, type
+"""
 
 
 def upgrade() -> None:
@@ -48,13 +55,15 @@ def upgrade() -> None:
         "event_counts",
         sa.Column("account_id", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("dimension", sa.String(length=8), nullable=False),
+        sa.Column("span", sa.Integer(), nullable=False),
         sa.Column("hour", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("key", sa.String(length=255), nullable=False),
         sa.Column("type", sa.String(length=16), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("account_id", "dimension", "hour", "key", "type"),
+        sa.PrimaryKeyConstraint("account_id", "dimension", "span", "hour", "key", "type"),
     )
-    op.execute(_BACKFILL.format(hour=_HOUR[op.get_bind().dialect.name]))
+    op.execute(_BACKFILL_HOURS.format(hour=_HOUR[op.get_bind().dialect.name]))
+    op.execute(_BACKFILL_DAYS)
 
 
 def downgrade() -> None:
