@@ -157,7 +157,7 @@ def _normalized(first: int, size: int) -> list[event_store.NormalizedEvent]:
             received_at=datetime.now(UTC),
         ),
         SourceConfig(timezone="UTC", parameters={}),
-    )
+    ).events
 
 
 def _chunks(first: int, count: int, size: int) -> Iterator[tuple[int, int]]:

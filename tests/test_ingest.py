@@ -167,8 +167,8 @@ async def test_malformed_json_is_400_and_kept(gateway: Gateway, account: Created
 
 
 async def test_missing_field_is_422_naming_it(gateway: Gateway, account: CreatedAccount) -> None:
-    event = brevo_event()
-    del event["email"]
+    event = {name: value for name, value in brevo_event().items() if not name.startswith("ts")}
+    event.pop("date", None)
     async with gateway.client() as client:
         response = await client.post(
             f"/ingest/brevo/{account.ingest_tokens['brevo']}",
@@ -176,7 +176,7 @@ async def test_missing_field_is_422_naming_it(gateway: Gateway, account: Created
             headers={"content-type": "application/json"},
         )
     assert response.status_code == 422
-    assert response.json()["error"] == "event[1]: missing field 'email'"
+    assert response.json()["error"].startswith("event[1]: missing time")
     assert await nodes(gateway, account) == []
     [kept] = await gateway.services.rejections.recent(account.account_id, limit=5)
     assert json.loads(kept["body"])[1] == event

@@ -88,11 +88,14 @@ async def ingest(request: Request) -> Response:
             ),
             source,
         )
+        if parsed.refused:
+            # Until events are accepted one by one here: the request is refused whole.
+            raise PayloadError(parsed.refused[0].reason, status=422)
     except PayloadError as problem:
         await _keep(services, request, source, body, problem)
         services.metrics.inc("gateway_ingest_rejected_total", provider=provider.value)
         return error(problem.status, problem.message)
-    result = await services.writer.write(source.account_id, source.id, parsed)
+    result = await services.writer.write(source.account_id, source.id, parsed.events)
     services.metrics.inc("gateway_ingest_events_total", result.stored, provider=provider.value)
     services.metrics.inc(
         "gateway_ingest_duplicates_total", result.duplicates, provider=provider.value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from gateway.domain.events import EventType, NormalizedEvent, Provider, Severity
@@ -105,3 +105,29 @@ def message_state(events: Iterable[NormalizedEvent]) -> EventType | None:
 def in_order(events: Sequence[StoredEvent]) -> list[StoredEvent]:
     """A timeline: by when each event happened, arrival breaking ties."""
     return sorted(events, key=lambda stored: (stored.event.occurred_at, stored.id))
+
+
+def message_sent_at(events: Sequence[NormalizedEvent]) -> datetime | None:
+    """When a message was sent: the earliest sent time its events carry (a send event's
+    own time: Brevo ``request``, SMTPeter ``attempt``, JangoMail ``sent``, or a sent time
+    the provider states), never after the message's first event; None without one.
+
+    Providers' clocks disagree by seconds, so a send event stamped after a delivery or
+    an open does not make the message sent after it was opened.
+    """
+    sent = [event.sent_at for event in events if event.sent_at is not None]
+    if not sent:
+        return None
+    return min(*sent, *(event.occurred_at for event in events))
+
+
+def carry_sent_at(events: Sequence[StoredEvent], sent_at: datetime | None) -> list[StoredEvent]:
+    """A message's timeline with its sent time on every event, as one message has one."""
+    if sent_at is None:
+        return list(events)
+    return [
+        stored
+        if stored.event.sent_at == sent_at
+        else replace(stored, event=replace(stored.event, sent_at=sent_at))
+        for stored in events
+    ]

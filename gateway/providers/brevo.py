@@ -1,19 +1,29 @@
 """Brevo (formerly Sendinblue) transactional webhooks, in both directions.
 
 :meth:`BrevoAdapter.parse` reads what Brevo posts to ``/ingest/brevo/{token}``: one JSON
-event object or an array of them (batched webhooks). :func:`render` writes a normalized
-event back as a Brevo-style object, for web hooks configured in the BREVO format.
+event object or an array of them (batched webhooks), event by event. :func:`render`
+writes a normalized event back as a Brevo-style object, for web hooks configured in the
+BREVO format.
 
 Brevo's quirks handled here (DESIGN.md, "Normalized events"): tags as ``tags`` (array) or
-``tag`` (array, JSON text of an array, or plain text); ``ts_event``/``ts`` in seconds,
-``ts_epoch`` in milliseconds except where it is seconds (below 10^11), misspelt
-``s_epoch`` in some payloads; ``date`` in Europe/Paris time; ``message-id`` with or
-without angle brackets (stored without); ``X-Mailin-custom`` that may or may not be JSON
-(kept as sent); 5.x.x failures labelled ``deferred`` (the SMTP status in ``reason`` decides).
+``tag`` (array, JSON text of an array, or plain text); times in this order of trust:
+``ts_epoch`` (the event's own time, UTC, in milliseconds, or seconds below 10^11;
+misspelt ``s_epoch`` in some payloads), ``ts_event``, ``ts`` (seconds; captured traffic
+shows them in the account's time zone), ``date`` (Europe/Paris); ``sentAt`` only on the
+message's own ``request`` event; ``message-id`` with or without angle brackets (stored
+without); ``X-Mailin-custom`` that may or may not be JSON (kept as sent); 5.x.x failures
+labelled ``deferred`` (the SMTP status in ``reason`` decides); events without a
+recipient (a proxy open with ``"email": ""``) stored with an empty email.
+
+A field the event cannot do without (``event``, ``email``, ``message-id``, the time,
+``template_id``, ``tags``/``tag``) that has the wrong JSON type refuses that event,
+naming it; a detail field of the wrong type (``user_agent`` as a number) is left out,
+and ``raw`` keeps it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -22,6 +32,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.domain.events import (
+    EARLIEST,
+    LATEST,
     EventType,
     NormalizedEvent,
     Provider,
@@ -30,9 +42,16 @@ from gateway.domain.events import (
     canonical_json,
     severity_from_smtp,
     smtp_status_in,
-    utc_from_epoch,
 )
-from gateway.providers.base import IngestRequest, PayloadError, SourceConfig
+from gateway.providers.base import (
+    EventRefused,
+    IngestRequest,
+    ParsedRequest,
+    PayloadError,
+    RequestBuilder,
+    SourceConfig,
+)
+from gateway.providers.json_body import MAX_DEPTH, JsonBody, json_type, read_elements
 
 # Brevo documents ``date`` as CET/CEST whatever the account's own time zone is.
 _PARIS = ZoneInfo("Europe/Paris")
@@ -42,8 +61,17 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # readings of ``ts_epoch`` cannot be confused for any real event.
 _MILLISECONDS_FROM = 10**11
 _MILLISECOND_FIELDS = ("ts_epoch", "s_epoch")
-# Where the event's time is read from, best first.
-_OCCURRED_FIELDS = ("ts_event", "ts", "ts_epoch", "s_epoch", "date")
+# Where the event's time is read from, best first: ``ts_epoch`` is the event's own time
+# in UTC in captured traffic, while ``ts``/``ts_event`` have been seen 9 hours off (the
+# account's time zone) and ``date`` is local time with a gap and a fold every year.
+_OCCURRED_FIELDS = ("ts_epoch", "s_epoch", "ts_event", "ts", "date")
+# Gateway field -> Brevo's name, for refusals that name the field as Brevo sent it.
+_FIELD_NAMES = {
+    "provider_event": "event",
+    "message_id": "message-id",
+    "template": "template_id",
+    "tags": "tags",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +108,8 @@ _KINDS: dict[str, _Kind] = {
     "unsubscribed": _Kind(EventType.UNSUBSCRIBED),
     "unsubscribe": _Kind(EventType.UNSUBSCRIBED),
 }
+# The message's own send event: the only one whose time is the message's sent time.
+_SEND_EVENT = "request"
 
 
 class BrevoAdapter:
@@ -87,16 +117,18 @@ class BrevoAdapter:
 
     provider = Provider.BREVO
 
-    def parse(self, request: IngestRequest, source: SourceConfig) -> list[NormalizedEvent]:
-        """The events of one Brevo post, in the order sent.
-
-        Validation is all-or-nothing: one bad element refuses the whole request, with a
-        :class:`PayloadError` naming it (``event[3]: missing field 'email'``). Brevo has
-        no per-source settings that change parsing, so ``source`` is not read.
-        """
+    def parse(self, request: IngestRequest, source: SourceConfig) -> ParsedRequest:
+        """The events of one Brevo post, in the order sent, each normalized or refused
+        on its own (``event[3]: 'ts_epoch' must be a number``). Brevo has no per-source
+        settings that change parsing, so ``source`` is not read."""
         _check_media_type(request.content_type)
-        elements = _elements(_decode(request.body))
-        return [_parse_event(_Element(index, data)) for index, data in enumerate(elements)]
+        builder = RequestBuilder()
+        elements = read_elements(request.body)
+        for index in range(len(elements.values)):
+            body = functools.partial(elements.body, index)
+            normalize = functools.partial(_normalize, elements, index)
+            builder.add(index, body, normalize, names=_FIELD_NAMES)
+        return builder.result()
 
 
 adapter = BrevoAdapter()
@@ -113,91 +145,82 @@ def _check_media_type(content_type: str) -> None:
     )
 
 
-def _decode(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise PayloadError(
-            f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-            f" (char {exc.pos})",
-            status=400,
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise PayloadError(f"body is not UTF-8 JSON: bad byte at {exc.start}", status=400) from exc
-
-
-def _elements(document: Any) -> list[dict[str, Any]]:
-    if isinstance(document, dict):
-        return [document]
-    if not isinstance(document, list):
-        raise PayloadError(
-            f"body must be a JSON object or an array of objects, not {_json_type(document)}"
-        )
-    if not document:
-        raise PayloadError("body is an empty array: expected at least one event")
-    for index, element in enumerate(document):
-        if not isinstance(element, dict):
-            raise PayloadError(f"event[{index}]: must be an object, not {_json_type(element)}")
-    return document
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
+def _normalize(elements: JsonBody, index: int) -> NormalizedEvent:
+    value = elements.values[index]
+    if not isinstance(value, dict):
+        raise EventRefused(f"must be an object, not {json_type(value)}")
+    if elements.too_deep(index):
+        raise EventRefused(f"nested deeper than {MAX_DEPTH} levels")
+    return _parse_event(_Element(value))
 
 
 class _Element:
-    """One event object of a post, read field by field with errors that name it."""
+    """One event object of a post, read field by field with refusals that name it."""
 
-    def __init__(self, index: int, data: dict[str, Any]) -> None:
-        self.index = index
+    def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
 
-    def error(self, problem: str) -> PayloadError:
-        return PayloadError(f"event[{self.index}]: {problem}")
+    def given(self, name: str) -> bool:
+        """The field is present with a value: not absent, null or an empty string."""
+        return self.data.get(name) not in (None, "")
 
     def text(self, name: str) -> str | None:
-        """The field's string without surrounding whitespace; None when absent or blank."""
+        """The field's string without surrounding whitespace; None when absent or blank.
+        Any other JSON type refuses the event."""
         value = self.data.get(name)
         if value is None:
             return None
         if not isinstance(value, str):
-            raise self.error(f"'{name}' must be a string, not {_json_type(value)}")
+            raise EventRefused(f"'{name}' must be a string, not {json_type(value)}")
         return value.strip() or None
 
-    def number(self, name: str) -> float | None:
-        """The field as a finite number; Brevo sends some as numeric strings."""
+    def detail(self, name: str) -> str | None:
+        """A detail field's text (numbers written out); anything else is left out."""
         value = self.data.get(name)
         if value is None:
             return None
+        if isinstance(value, str):
+            return value.strip() or None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        return None
+
+    def seconds(self, name: str) -> float:
+        """A present time field as a number of seconds; Brevo sends some as numeric
+        strings. Infinite for an integer beyond any float (out of range, not unreadable)."""
+        value: Any = self.data.get(name)
         try:
             # float() also reads numeric strings; JSON true is not a time, though.
             number = math.nan if isinstance(value, bool) else float(value)
         except (TypeError, ValueError):
             number = math.nan
-        if not math.isfinite(number):
-            raise self.error(f"'{name}' must be a number")
+        except OverflowError:
+            number = math.inf
+        if math.isnan(number) or (math.isinf(number) and not isinstance(value, int)):
+            raise EventRefused(f"'{name}' must be a number")
+        if name in _MILLISECOND_FIELDS and number >= _MILLISECONDS_FROM:
+            number /= 1000
         return number
 
     def time(self, name: str) -> datetime:
-        """A present time field as an aware datetime, by that field's rules."""
+        """A present time field as an aware UTC datetime, by that field's rules."""
+        moment: datetime | None
         if name == "date":
-            return self._paris_date()
-        seconds = self.number(name)
-        assert seconds is not None  # callers only ask for present fields
-        if name in _MILLISECOND_FIELDS and seconds >= _MILLISECONDS_FROM:
-            seconds /= 1000
-        try:
-            return utc_from_epoch(seconds)
-        except (OverflowError, OSError, ValueError) as exc:
-            raise self.error(f"'{name}' is out of range") from exc
+            try:
+                # "0001-01-01 00:00:00" in Paris is before year 1 in UTC: no datetime.
+                moment = self._paris_date().astimezone(UTC)
+            except OverflowError:
+                moment = None
+        else:
+            try:
+                moment = datetime.fromtimestamp(self.seconds(name), UTC)
+            except (OverflowError, OSError, ValueError):  # beyond what datetime holds
+                moment = None
+        if moment is None or not EARLIEST <= moment < LATEST:
+            raise EventRefused(
+                f"'{name}' is out of range: not a time between {EARLIEST.year} and {LATEST.year}"
+            )
+        return moment
 
     def _paris_date(self) -> datetime:
         text = self.text("date")
@@ -206,7 +229,7 @@ class _Element:
         except ValueError:
             moment = None
         if moment is None:
-            raise self.error("'date' must be a text like '2020-10-09 00:00:00'")
+            raise EventRefused("'date' must be a text like '2020-10-09 00:00:00'")
         # An explicit offset wins; otherwise Paris time, and the first of the two
         # readings (fold=0) of the hour repeated when summer time ends.
         return moment if moment.tzinfo else moment.replace(tzinfo=_PARIS)
@@ -214,23 +237,26 @@ class _Element:
 
 def _parse_event(element: _Element) -> NormalizedEvent:
     # An event without a name is still stored (as UNKNOWN): never refuse what a
-    # provider adds, as long as we know who it was for and when.
+    # provider adds, as long as we know when it happened.
     name = element.text("event") or ""
-    kind = _KINDS.get(name.strip().lower(), _UNKNOWN)
-    reason = element.text("reason")
+    kind = _KINDS.get(name.lower(), _UNKNOWN)
+    reason = element.detail("reason")
     severity = kind.severity
     if kind.severity_from_reason:
         severity = severity_from_smtp(reason) or kind.severity
+    occurred_at = _occurred_at(element)
     return NormalizedEvent(
         type=kind.type,
         provider=Provider.BREVO,
         provider_event=name,
         email=_email(element),
-        occurred_at=_occurred_at(element),
-        sent_at=_sent_at(element),
+        occurred_at=occurred_at,
+        # Every Brevo event carries ts_epoch, but as its own time: only the send event
+        # tells when the message was sent (the timeline carries it to the others).
+        sent_at=occurred_at if name.lower() == _SEND_EVENT else None,
         raw=element.data,
         message_id=_message_id(element),
-        subject=element.text("subject"),
+        subject=element.detail("subject"),
         template=_template(element),
         tags=_tags(element),
         custom_id=_custom_id(element),
@@ -238,38 +264,32 @@ def _parse_event(element: _Element) -> NormalizedEvent:
         reject_reason=kind.reject_reason,
         reason=reason,
         smtp_status=smtp_status_in(reason),
-        url=element.text("link"),
+        url=element.detail("link"),
+        user_agent=element.detail("user_agent"),
         unique=kind.unique,
         proxy=kind.proxy,
-        sending_ip=element.text("sending_ip"),
+        sending_ip=element.detail("sending_ip"),
+        from_email=element.detail("sender_email"),
+        device=element.detail("device_used"),
+        preview_url=element.detail("mirror_link"),
+        contact_id=_contact_id(element),
     )
 
 
 def _email(element: _Element) -> str:
-    if element.data.get("email") is None:
-        raise element.error("missing field 'email'")
-    email = element.text("email")
-    if email is None:
-        raise element.error("'email' is empty")
-    return email
+    # Brevo posts some events without a recipient (a proxy open with "email": ""):
+    # they are stored all the same, with an empty email.
+    return element.text("email") or ""
 
 
 def _occurred_at(element: _Element) -> datetime:
     for name in _OCCURRED_FIELDS:
         # Only the field used is validated: a stray bad ``date`` next to a good
-        # ``ts_event`` should not refuse a whole batch.
-        if element.data.get(name) is not None:
+        # ``ts_epoch`` should not refuse the event.
+        if element.given(name):
             return element.time(name)
     names = ", ".join(f"'{name}'" for name in _OCCURRED_FIELDS)
-    raise element.error(f"missing time: none of {names}")
-
-
-def _sent_at(element: _Element) -> datetime | None:
-    # Brevo documents ts_epoch as the time the message was sent.
-    for name in _MILLISECOND_FIELDS:
-        if element.data.get(name) is not None:
-            return element.time(name)
-    return None
+    raise EventRefused(f"missing time: none of {names}")
 
 
 def _message_id(element: _Element) -> str | None:
@@ -289,7 +309,13 @@ def _template(element: _Element) -> str | None:
         return str(int(value))
     if isinstance(value, str):
         return value.strip() or None
-    raise element.error("'template_id' must be an integer or a string")
+    raise EventRefused("'template_id' must be an integer or a string")
+
+
+def _contact_id(element: _Element) -> str | None:
+    # Brevo documents 0 for "no such contact".
+    contact = element.detail("contact_id")
+    return None if contact in (None, "0") else contact
 
 
 def _tags(element: _Element) -> tuple[str, ...]:
@@ -306,16 +332,16 @@ def _tag_list(element: _Element, name: str) -> list[str]:
         text = value.strip()
         try:
             value = json.loads(text) if text.startswith("[") else None
-        except ValueError:
+        except (ValueError, RecursionError):
             value = None  # not JSON after all: a plain tag that starts with a bracket
         if not isinstance(value, list):
             return [text]
     if not isinstance(value, list):
-        raise element.error(f"'{name}' must be an array of strings or a string")
+        raise EventRefused(f"'{name}' must be an array of strings or a string")
     tags: list[str] = []
     for position, tag in enumerate(value):
         if not isinstance(tag, str):
-            raise element.error(f"'{name}[{position}]' must be a string, not {_json_type(tag)}")
+            raise EventRefused(f"'{name}[{position}]' must be a string, not {json_type(tag)}")
         tags.append(tag.strip())
     return tags
 
@@ -349,10 +375,10 @@ _RENDER_NAMES: dict[EventType, str] = {
 def render(event: NormalizedEvent) -> dict[str, object]:
     """The event as Brevo would post it, with Brevo's field names and shapes.
 
-    Fields the event does not know are left out. ``ts_epoch`` carries ``sent_at`` (as
-    Brevo documents it) and is left out where that is unknown. Parsing the result gives
-    back the type, email, message id, time (to the second), tags, template and URL,
-    except for SENT and AUTORESPONDED, which Brevo has no events for.
+    Fields the event does not know are left out. ``ts_epoch`` is the event's own time
+    in milliseconds, as Brevo sends it. Parsing the result gives back the type, email,
+    message id, time (to the millisecond), tags, template and URL, except for SENT and
+    AUTORESPONDED, which Brevo has no events for.
     """
     seconds = (event.occurred_at - _EPOCH) // timedelta(seconds=1)
     fields: dict[str, object | None] = {
@@ -365,13 +391,15 @@ def render(event: NormalizedEvent) -> dict[str, object]:
         "subject": event.subject,
         "X-Mailin-custom": event.custom_id,
         "sending_ip": event.sending_ip,
-        "ts_epoch": (
-            (event.sent_at - _EPOCH) // timedelta(milliseconds=1) if event.sent_at else None
-        ),
+        "ts_epoch": (event.occurred_at - _EPOCH) // timedelta(milliseconds=1),
         "template_id": _rendered_template(event.template),
         "tags": list(event.tags),
         "reason": event.reason,
         "link": event.url,
+        "user_agent": event.user_agent,
+        "device_used": event.device,
+        "mirror_link": event.preview_url,
+        "sender_email": event.from_email,
     }
     return {name: value for name, value in fields.items() if value is not None}
 

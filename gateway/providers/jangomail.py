@@ -18,7 +18,7 @@ Times are ``M/D/YYYY h:mm:ss AM`` in the account's time zone (the source's ``tim
 
 from __future__ import annotations
 
-import json
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +29,9 @@ from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.domain.events import (
+    EARLIEST,
+    INT64_MAX,
+    LATEST,
     EventType,
     NormalizedEvent,
     Provider,
@@ -37,7 +40,15 @@ from gateway.domain.events import (
     severity_from_smtp,
     smtp_status_in,
 )
-from gateway.providers.base import IngestRequest, PayloadError, SourceConfig
+from gateway.providers.base import (
+    EventRefused,
+    IngestRequest,
+    ParsedRequest,
+    PayloadError,
+    RequestBuilder,
+    SourceConfig,
+)
+from gateway.providers.json_body import MAX_DEPTH, json_type, read_document, too_deep
 
 # Field -> JangoMail's default parameter name. ``occurredAt`` is not here: its label
 # depends on the event (see default_parameters).
@@ -56,8 +67,8 @@ _TIME_LABELS: dict[str, str] = {
     "open": "OpenDateTime", "click": "ClickDateTime", "unsubscribe": "UnsubscribeDateTime",
     "bounce": "BounceDateTime", "complaint": "ComplaintDateTime", "block": "BlockDateTime",
 }  # fmt: skip
-# The route's event name is the customer's choice: one that is none of JangoMail's reads
-# (and renders) every field, its time under this name.
+# A gateway event JangoMail has no name for (DEFERRED, UNKNOWN) is rendered with every
+# field, its time under this name. Ingest refuses a route event that is none of the seven.
 _OTHER_TIME_LABEL = "EventDateTime"
 
 # The labels of each event's settings tab (the seed's tables). JangoMail lists ``block``
@@ -104,6 +115,8 @@ _TEXT_ATTRIBUTES: dict[str, str] = {
     "unsubscribeType": "unsubscribe_type", "reason": "reason", "abuseId": "abuse_id",
 }  # fmt: skip
 _INTEGER_ATTRIBUTES: dict[str, str] = {"position": "position", "messageSize": "message_size"}
+# The indexed fields whose refusals (too long) name the parameter.
+_NAMED = (("email", "email"), ("messageId", "message_id"), ("template", "template"))
 # User ID, the tracking flags and HTML have no place in the normalized event: they are
 # rendered from a JangoMail event's raw parameters (under the default names).
 _RAW_ONLY_FIELDS = ("userId", "openTracking", "clickTracking", "html")
@@ -124,6 +137,10 @@ _FIELD_NAMES: dict[str, str] = {
 
 _FORM = "application/x-www-form-urlencoded"
 _TIME_FORMAT_TEXT = "M/D/YYYY h:mm:ss AM"
+_WHOLE_NUMBER = re.compile(r"[+-]?\d+")
+# More digits than 2^63 - 1 has is surely out of 64 bits (and int() of thousands of
+# digits is refused); the domain drops the few of as many digits that are out of range.
+_INT64_DIGITS = len(str(INT64_MAX))
 # M/D/YYYY h:mm[:ss] [AM|PM], matched by hand: strptime's %p depends on the locale.
 _JANGOMAIL_TIME = re.compile(
     r"(\d{1,2})/(\d{1,2})/(\d{4}) (\d{1,2}):(\d{2})(?::(\d{2}))?(?: ?([AP])\.?M\.?)?", re.I
@@ -154,38 +171,59 @@ class JangoMailAdapter:
 
     provider = Provider.JANGOMAIL
 
-    def parse(self, request: IngestRequest, source: SourceConfig) -> list[NormalizedEvent]:
-        """The call's one event. An unknown route event is kept as UNKNOWN, never refused."""
-        values = _request_parameters(request)
+    def parse(self, request: IngestRequest, source: SourceConfig) -> ParsedRequest:
+        """The call's one event, or its refusal (the request body kept as is). A route
+        event that is none of JangoMail's seven is PayloadError 404."""
         given = (request.route_event or "").strip()
         event = _canonical(given)
-        params = _Parameters(values, _source_names(event, source.parameters))
-        zone = _zone(source.timezone)
-        email = params.required("email")
-        occurred_at = _occurred_at(params, event, source.parameters, zone)
-        normalized = NormalizedEvent(
-            type=_TYPES[event] if event else EventType.UNKNOWN,
-            provider=Provider.JANGOMAIL,
-            provider_event=event or given,
-            email=email,
-            occurred_at=occurred_at,
-            raw=values,
-            sent_at=occurred_at if event == "sent" else params.time("sentAt", zone),
-        )
-        for field, attribute in _TEXT_ATTRIBUTES.items():
-            setattr(normalized, attribute, params.text(field))
-        for field, attribute in _INTEGER_ATTRIBUTES.items():
-            setattr(normalized, attribute, params.integer(field))
-        normalized.smtp_status = smtp_status_in(normalized.reason)
-        if event == "bounce":
-            # JangoMail: "1 if the bounce was definitive. Any other number is non-definitive."
-            definitive = params.text("definitive") == "1"
-            normalized.severity = Severity.PERMANENT if definitive else Severity.TEMPORARY
-            normalized.reject_reason = RejectReason.BOUNCED
-        elif event == "block":
-            normalized.reject_reason = RejectReason.BLOCKED
-            normalized.severity = severity_from_smtp(normalized.reason)
-        return [normalized]
+        if event is None:
+            raise PayloadError(
+                f"unknown JangoMail event {given!r}: the events are {', '.join(EVENTS)}",
+                status=404,
+            )
+        values = _request_parameters(request)
+        builder = RequestBuilder(prefix_index=False)
+        names = _source_names(event, source.parameters)
+        # A refusal names the field as this source's JangoMail account sends it.
+        described = {attribute: names[field] for field, attribute in _NAMED if field in names}
+        normalize = functools.partial(_normalize, event, values, source)
+        builder.add(0, request.body, normalize, names=described)
+        return builder.result()
+
+
+def _normalize(event: str, values: dict[str, Any], source: SourceConfig) -> NormalizedEvent:
+    if too_deep(values, MAX_DEPTH - 1):
+        raise EventRefused(f"nested deeper than {MAX_DEPTH} levels")
+    params = _Parameters(values, _source_names(event, source.parameters))
+    zone = _zone(source.timezone)
+    email = params.required("email")
+    occurred_at = params.time("occurredAt", zone)
+    if occurred_at is None:
+        # JangoMail sends every event's time; without it the event cannot be placed.
+        raise params.missing("occurredAt")
+    normalized = NormalizedEvent(
+        type=_TYPES[event],
+        provider=Provider.JANGOMAIL,
+        provider_event=event,
+        email=email,
+        occurred_at=occurred_at,
+        raw=values,
+        sent_at=occurred_at if event == "sent" else params.time("sentAt", zone),
+    )
+    for field, attribute in _TEXT_ATTRIBUTES.items():
+        setattr(normalized, attribute, params.text(field))
+    for field, attribute in _INTEGER_ATTRIBUTES.items():
+        setattr(normalized, attribute, params.integer(field))
+    normalized.smtp_status = smtp_status_in(normalized.reason)
+    if event == "bounce":
+        # JangoMail: "1 if the bounce was definitive. Any other number is non-definitive."
+        definitive = params.text("definitive") == "1"
+        normalized.severity = Severity.PERMANENT if definitive else Severity.TEMPORARY
+        normalized.reject_reason = RejectReason.BOUNCED
+    elif event == "block":
+        normalized.reject_reason = RejectReason.BLOCKED
+        normalized.severity = severity_from_smtp(normalized.reason)
+    return normalized
 
 
 adapter = JangoMailAdapter()
@@ -297,18 +335,11 @@ def _form(body: bytes) -> dict[str, str]:
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise PayloadError(
-            f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-            f" (char {exc.pos})",
-            status=400,
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise PayloadError(f"body is not UTF-8 JSON: bad byte at {exc.start}", status=400) from exc
+    document = read_document(body)
     if not isinstance(document, dict):
-        raise PayloadError("a JSON body must be an object of parameters")
+        raise PayloadError(
+            f"a JSON body must be an object of parameters, not {json_type(document)}"
+        )
     return document
 
 
@@ -322,19 +353,19 @@ class _Parameters:
     def describe(self, field: str) -> str:
         return f"'{self.names[field]}' ({field})"
 
-    def missing(self, field: str) -> PayloadError:
+    def missing(self, field: str) -> EventRefused:
         if field not in self.names:
-            return PayloadError(
+            return EventRefused(
                 f"missing parameter for {field}: this source's name for it is blank"
             )
-        return PayloadError(f"missing parameter {self.describe(field)}")
+        return EventRefused(f"missing parameter {self.describe(field)}")
 
     def text(self, field: str) -> str | None:
         """The field's value as stripped text; None when not sent or blank."""
         name = self.names.get(field)
         value = None if name is None else self.values.get(name)
         if value is not None and not isinstance(value, str | int | float):
-            raise PayloadError(f"parameter {self.describe(field)} is not text")
+            raise EventRefused(f"parameter {self.describe(field)} is not text")
         return (_as_text(value) or "").strip() or None
 
     def required(self, field: str) -> str:
@@ -344,13 +375,15 @@ class _Parameters:
         return text
 
     def integer(self, field: str) -> int | None:
+        """A whole number; one too large to store (``MessageSize=99999999999999999999``)
+        is left out, raw keeps it."""
         text = self.text(field)
-        try:
-            return None if text is None else int(text)
-        except ValueError:
-            raise PayloadError(
-                f"parameter {self.describe(field)} is not a whole number: {text!r}"
-            ) from None
+        if text is None:
+            return None
+        if _WHOLE_NUMBER.fullmatch(text) is None:
+            raise EventRefused(f"parameter {self.describe(field)} is not a whole number: {text!r}")
+        digits = text.lstrip("+-").lstrip("0")
+        return int(text) if len(digits) <= _INT64_DIGITS else None
 
     def time(self, field: str, zone: ZoneInfo) -> datetime | None:
         text = self.text(field)
@@ -358,59 +391,52 @@ class _Parameters:
             return None
         parsed = _parse_time(text, zone)
         if parsed is None:
-            raise PayloadError(
-                f"parameter {self.describe(field)} is not a time: {text!r};"
+            raise EventRefused(
+                f"parameter {self.describe(field)} is not a time: {_excerpt(text)};"
                 f" expected {_TIME_FORMAT_TEXT} (or ISO 8601)"
+                f" between {EARLIEST.year} and {LATEST.year}"
             )
         return parsed
 
 
-def _occurred_at(
-    params: _Parameters, event: str | None, parameters: Mapping[str, str], zone: ZoneInfo
-) -> datetime:
-    occurred_at = params.time("occurredAt", zone)
-    if occurred_at is not None:
-        return occurred_at
-    if event is not None:
-        # JangoMail sends every event's time; without it the event cannot be placed.
-        raise params.missing("occurredAt")
-    # An event the gateway does not know is never refused: any known event's time label
-    # will do, else the time it arrived.
-    for known in EVENTS:
-        known_params = _Parameters(params.values, _source_names(known, parameters))
-        occurred_at = known_params.time("occurredAt", zone)
-        if occurred_at is not None:
-            return occurred_at
-    return datetime.now(UTC)
+def _excerpt(text: str) -> str:
+    return repr(text if len(text) <= 60 else f"{text[:57]}...")
 
 
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name or "UTC")
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise PayloadError(f"this source's time zone {name!r} is not an IANA time zone") from exc
+        # The request is fine, the source is not: the event is kept for a replay once
+        # the source's time zone is fixed.
+        raise EventRefused(f"this source's time zone {name!r} is not an IANA time zone") from exc
 
 
 def _parse_time(text: str, zone: ZoneInfo) -> datetime | None:
     """JangoMail's ``M/D/YYYY h:mm:ss AM`` (seconds optional, or 24-hour) or ISO 8601,
-    local to ``zone`` unless it states its offset."""
+    local to ``zone`` unless it states its offset; None if it is neither, or out of the
+    range the gateway stores."""
     text = " ".join(text.split())
     match = _JANGOMAIL_TIME.fullmatch(text)
     try:
         if match is None:
             parsed = datetime.fromisoformat(text)
-            return parsed.replace(tzinfo=zone) if parsed.tzinfo is None else parsed
-        month, day, year, hour, minute, second, meridiem = match.groups()
-        hours = int(hour)
-        if meridiem is not None:
-            if not 1 <= hours <= 12:
-                return None
-            hours = hours % 12 + (12 if meridiem.upper() == "P" else 0)
-        return datetime(
-            int(year), int(month), int(day), hours, int(minute), int(second or 0), tzinfo=zone
-        )
-    except ValueError:
+            parsed = parsed.replace(tzinfo=zone) if parsed.tzinfo is None else parsed
+        else:
+            month, day, year, hour, minute, second, meridiem = match.groups()
+            hours = int(hour)
+            if meridiem is not None:
+                if not 1 <= hours <= 12:
+                    return None
+                hours = hours % 12 + (12 if meridiem.upper() == "P" else 0)
+            parsed = datetime(
+                int(year), int(month), int(day), hours, int(minute), int(second or 0), tzinfo=zone
+            )
+        # Converted here: near year 1 or 9999 the conversion itself overflows.
+        parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
+    return parsed if EARLIEST <= parsed < LATEST else None
 
 
 def _format_time(moment: datetime, zone: ZoneInfo) -> str:

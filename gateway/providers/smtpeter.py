@@ -18,13 +18,15 @@ status), ``description``, ``mime`` (bounces: the DSN itself). In failure and del
 
 from __future__ import annotations
 
-import json
+import functools
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.domain.events import (
+    EARLIEST,
+    LATEST,
     EventType,
     NormalizedEvent,
     Provider,
@@ -35,7 +37,15 @@ from gateway.domain.events import (
     smtp_status_in,
     utc_from_epoch,
 )
-from gateway.providers.base import IngestRequest, PayloadError, SourceConfig
+from gateway.providers.base import (
+    EventRefused,
+    IngestRequest,
+    ParsedRequest,
+    PayloadError,
+    RequestBuilder,
+    SourceConfig,
+)
+from gateway.providers.json_body import MAX_DEPTH, JsonBody, json_type, read_elements
 
 _TYPES: dict[str, EventType] = {
     "attempt": EventType.SENT,
@@ -91,6 +101,14 @@ _BOUNCE_TYPES: dict[str, Severity] = {
 _JSON_MEDIA_TYPES = frozenset({"", "application/json", "text/json"})
 _UNIX_SECONDS = re.compile(r"\d+(\.\d+)?")
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# Gateway field -> SMTPeter's name, for refusals that name the field as SMTPeter does.
+_FIELD_NAMES = {
+    "provider_event": "event",
+    "email": "recipient",
+    "message_id": "id",
+    "template": "templateid",
+    "tags": "tags",
+}
 
 
 class SMTPeterAdapter:
@@ -98,13 +116,16 @@ class SMTPeterAdapter:
 
     provider = Provider.SMTPETER
 
-    def parse(self, request: IngestRequest, source: SourceConfig) -> list[NormalizedEvent]:
-        """Every event in the body, in order; one bad element refuses the whole request."""
-        elements = _elements(request)
-        return [
-            _normalize(index, element, request.received_at)
-            for index, element in enumerate(elements)
-        ]
+    def parse(self, request: IngestRequest, source: SourceConfig) -> ParsedRequest:
+        """Every event in the body, in order, each normalized or refused on its own."""
+        _check_media_type(request.content_type)
+        builder = RequestBuilder()
+        elements = read_elements(request.body)
+        for index in range(len(elements.values)):
+            body = functools.partial(elements.body, index)
+            normalize = functools.partial(_normalize, elements, index, request.received_at)
+            builder.add(index, body, normalize, names=_FIELD_NAMES)
+        return builder.result()
 
 
 adapter = SMTPeterAdapter()
@@ -125,53 +146,39 @@ def render_webhook(event: NormalizedEvent) -> dict[str, object]:
     return {"type": _smtpeter_name(event), **_render_data(event, webhook=True)}
 
 
-def _elements(request: IngestRequest) -> list[Any]:
-    media_type = request.content_type.split(";", 1)[0].strip().lower()
+def _check_media_type(content_type: str) -> None:
+    media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type not in _JSON_MEDIA_TYPES and not media_type.endswith("+json"):
         raise PayloadError(
             f"expected application/json (SMTPeter events are JSON), got {media_type!r}",
             status=415,
         )
-    try:
-        body = json.loads(request.body)
-    except json.JSONDecodeError as exc:
-        raise PayloadError(
-            f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})",
-            status=400,
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise PayloadError(f"body is not UTF-8 text (byte {exc.start})", status=400) from exc
-    if isinstance(body, dict):
-        return [body]
-    if not isinstance(body, list):
-        raise PayloadError("body must be a JSON object or an array of objects")
-    if not body:
-        raise PayloadError("body is an empty array: no events to store")
-    return body
 
 
-def _normalize(index: int, element: Any, received_at: datetime | None) -> NormalizedEvent:
-    where = f"event[{index}]"
-    if not isinstance(element, dict):
-        raise PayloadError(f"{where}: not a JSON object")
-    name_key = "event" if "event" in element else "type"
-    name = element.get(name_key)
+def _normalize(elements: JsonBody, index: int, received_at: datetime | None) -> NormalizedEvent:
+    record = elements.values[index]
+    if not isinstance(record, dict):
+        raise EventRefused(f"not a JSON object but {json_type(record)}")
+    if elements.too_deep(index):
+        raise EventRefused(f"nested deeper than {MAX_DEPTH} levels")
+    name_key = "event" if "event" in record else "type"
+    name = record.get(name_key)
     if name is None or name == "":
-        raise PayloadError(f"{where}: missing field 'event' or 'type'")
+        raise EventRefused("missing field 'event' or 'type'")
     if not isinstance(name, str):
-        raise PayloadError(f"{where}: field {name_key!r} is not text")
-    data: Mapping[str, Any] = element
-    if "data" in element:
-        data = element["data"]
+        raise EventRefused(f"field {name_key!r} is not text")
+    data: Mapping[str, Any] = record
+    if "data" in record:
+        data = record["data"]
         if not isinstance(data, dict):
-            raise PayloadError(f"{where}: field 'data' is not an object")
+            raise EventRefused("field 'data' is not an object")
 
     canonical = _canonical(name)
     event_type = _TYPES.get(canonical, EventType.UNKNOWN)
     email = _text(data, "recipient", "email", "emailfrom") or _address(_text(data, "to"))
     if email is None:
-        raise PayloadError(f"{where}: missing field 'recipient'")
-    occurred_at = _occurred_at(where, data, received_at)
+        raise EventRefused("missing field 'recipient'")
+    occurred_at = _occurred_at(data, received_at)
     message_id = _text(data, "id", "messageid")
     sender = _text(data, "from")
     headers = _text(data, "headers")
@@ -181,11 +188,11 @@ def _normalize(index: int, element: Any, received_at: datetime | None) -> Normal
         provider_event=name,
         email=email,
         occurred_at=occurred_at,
-        raw=element,
+        raw=record,
         message_id=message_id,
         sent_at=occurred_at if event_type is EventType.SENT else None,
         template=_template(data),
-        tags=_tags(where, data.get("tags")),
+        tags=_tags(data.get("tags")),
         ip=_text(data, "ip"),
         user_agent=_text(data, "useragent") or _header(headers, "user-agent"),
         from_email=_text(data, "envelope", "mailfrom") or _address(sender),
@@ -256,36 +263,47 @@ def _header(text: str | None, name: str) -> str | None:
     return None
 
 
-def _occurred_at(where: str, data: Mapping[str, Any], received_at: datetime | None) -> datetime:
+def _occurred_at(data: Mapping[str, Any], received_at: datetime | None) -> datetime:
     for key in ("time", "timestamp"):
         value = data.get(key)
         if value is None or value == "":
             continue
         parsed = _parse_time(value)
         if parsed is None:
-            raise PayloadError(f"{where}: field {key!r} is not a time: {value!r}")
+            raise EventRefused(
+                f"field {key!r} is not a time between {EARLIEST.year} and {LATEST.year}:"
+                f" {_excerpt(value)}"
+            )
         return parsed
     # SMTPeter's click and abuse web hooks carry no time: they are posted as they
     # happen, so the time we received them is the best there is.
     if received_at is not None:
         return received_at
-    raise PayloadError(f"{where}: missing field 'time'")
+    raise EventRefused("missing field 'time'")
+
+
+def _excerpt(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else json_type(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _parse_time(value: Any) -> datetime | None:
-    """``YYYY-MM-DD hh:mm:ss`` (UTC unless it says otherwise) or unix seconds."""
+    """``YYYY-MM-DD hh:mm:ss`` (UTC unless it says otherwise) or unix seconds, within
+    the range the gateway stores; None otherwise."""
     try:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return utc_from_epoch(value)
-        if not isinstance(value, str):
+            parsed = utc_from_epoch(value)
+        elif not isinstance(value, str):
             return None
-        text = value.strip()
-        if _UNIX_SECONDS.fullmatch(text):
-            return utc_from_epoch(float(text))
-        parsed = datetime.fromisoformat(text)
+        elif _UNIX_SECONDS.fullmatch(text := value.strip()):
+            parsed = utc_from_epoch(float(text))
+        else:
+            parsed = datetime.fromisoformat(text)
+            parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+        parsed = parsed.astimezone(UTC)
     except (ValueError, OverflowError, OSError):
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+    return parsed if EARLIEST <= parsed < LATEST else None
 
 
 def _template(data: Mapping[str, Any]) -> str | None:
@@ -294,22 +312,24 @@ def _template(data: Mapping[str, Any]) -> str | None:
     return None if template == "0" else template
 
 
-def _tags(where: str, value: Any) -> tuple[str, ...]:
+def _tags(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, list):
+        if not all(isinstance(item, str | int | float) for item in value):
+            raise EventRefused("field 'tags' holds something that is not text")
         items = [str(item) for item in value]
     elif isinstance(value, str | int | float):
         items = re.split(r"[;,]", str(value))
     else:
-        raise PayloadError(f"{where}: field 'tags' is not a list or text")
+        raise EventRefused("field 'tags' is not a list or text")
     return tuple(dict.fromkeys(tag for tag in (item.strip() for item in items) if tag))
 
 
 def _size(value: Any) -> int | None:
     try:
         return int(value) if value is not None and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # text, 1e400: not a size
         return None
 
 

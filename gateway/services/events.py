@@ -10,7 +10,14 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.domain.events import EventType
-from gateway.domain.query import EventFilter, StoredEvent, in_order, message_state
+from gateway.domain.query import (
+    EventFilter,
+    StoredEvent,
+    carry_sent_at,
+    in_order,
+    message_sent_at,
+    message_state,
+)
 from gateway.domain.stats import (
     StatsBucket,
     StatsGroup,
@@ -41,6 +48,8 @@ class MessageTimeline:
     message_id: str
     events: list[StoredEvent]
     state: EventType
+    # From its send event, never after its first event; on every event of ``events``.
+    sent_at: datetime | None = None
 
 
 def encode_cursor(row_id: int, kind: str = "event") -> str:
@@ -104,12 +113,18 @@ class EventQueries:
     async def message(
         self, account_id: int, message_id: str, *, limit: int = 1000
     ) -> MessageTimeline | None:
-        """A message's events in the order they happened, and its state."""
+        """A message's events in the order they happened, its state and sent time."""
         events = await self.window(account_id, EventFilter(message_id=message_id), limit=limit)
         state = message_state(stored.event for stored in events)
         if state is None:
             return None
-        return MessageTimeline(events[0].event.message_id or message_id, events, state)
+        sent_at = message_sent_at([stored.event for stored in events])
+        return MessageTimeline(
+            events[0].event.message_id or message_id,
+            carry_sent_at(events, sent_at),
+            state,
+            sent_at,
+        )
 
     async def stats(
         self,

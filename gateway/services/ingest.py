@@ -23,7 +23,7 @@ from gateway.batching import Batcher
 from gateway.domain.events import NormalizedEvent, Provider
 from gateway.domain.query import StoredEvent
 from gateway.ids import IdGenerator
-from gateway.providers.base import IngestRequest, PayloadError, SourceConfig
+from gateway.providers.base import IngestRequest, ParsedRequest, PayloadError, SourceConfig
 from gateway.providers.registry import ADAPTERS
 from gateway.storage import accounts as account_store
 from gateway.storage import events as event_store
@@ -252,9 +252,9 @@ class IngestWriter:
 
 def parse_request(
     provider: Provider, request: IngestRequest, source: SourceRecord
-) -> Sequence[NormalizedEvent]:
-    """``request``'s events, read by ``provider``'s adapter with ``source``'s settings;
-    PayloadError when it cannot be read."""
+) -> ParsedRequest:
+    """``request``'s events, read one by one by ``provider``'s adapter with ``source``'s
+    settings (each normalized or refused); PayloadError when it cannot be read at all."""
     config = SourceConfig(timezone=source.timezone, parameters=source.parameters)
     return ADAPTERS[provider].parse(request, config)
 
@@ -351,10 +351,12 @@ class RejectedPayloads:
             received_at=cast(datetime, kept["received_at"]),
         )
         try:
-            events = parse_request(provider, request, source)
+            parsed = parse_request(provider, request, source)
         except PayloadError as problem:
             return ReplayOutcome(kept, None, problem.message)
-        result = await self._writer.write(account_id, source.id, events)
+        if parsed.refused:
+            return ReplayOutcome(kept, None, parsed.refused[0].reason)
+        result = await self._writer.write(account_id, source.id, parsed.events)
         now = datetime.now(UTC)
         async with begin_write(self._engine) as connection:
             await account_store.mark_replayed(connection, rejected_id=rejected_id, at=now)

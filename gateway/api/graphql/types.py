@@ -21,6 +21,11 @@ strawberry.enum(Severity)
 strawberry.enum(RejectReason)
 
 
+_DEVICE = 'The kind of device, as the provider says ("DESKTOP", "MOBILE").'
+_PREVIEW_URL = "The provider's own page for this event (Brevo's mirror_link)."
+_CONTACT_ID = "The provider's id of the recipient as a contact (Brevo's contact_id)."
+
+
 @strawberry.interface(description="One delivery event of one message to one recipient.")
 class Event:
     id: strawberry.ID = strawberry.field(description="The gateway's id, sortable by arrival.")
@@ -46,6 +51,8 @@ class SendingEvent(Event):
     relay_id: str | None
     relay_message_id: str | None
     from_email: str | None
+    preview_url: str | None = strawberry.field(description=_PREVIEW_URL)
+    contact_id: str | None = strawberry.field(description=_CONTACT_ID)
 
 
 @strawberry.type(description="DEFERRED, BOUNCED, REJECTED or FAILED.")
@@ -63,6 +70,9 @@ class OpenEvent(Event):
     proxy: bool | None = strawberry.field(description="Opened by a mail privacy proxy.")
     ip: str | None
     user_agent: str | None
+    device: str | None = strawberry.field(description=_DEVICE)
+    preview_url: str | None = strawberry.field(description=_PREVIEW_URL)
+    contact_id: str | None = strawberry.field(description=_CONTACT_ID)
 
 
 @strawberry.type(description="CLICKED.")
@@ -71,12 +81,19 @@ class ClickEvent(Event):
     position: int | None
     ip: str | None
     user_agent: str | None
+    device: str | None = strawberry.field(description=_DEVICE)
+    preview_url: str | None = strawberry.field(description=_PREVIEW_URL)
+    contact_id: str | None = strawberry.field(description=_CONTACT_ID)
 
 
 @strawberry.type(description="UNSUBSCRIBED.")
 class UnsubscribeEvent(Event):
     unsubscribe_type: str | None
     ip: str | None
+    user_agent: str | None
+    device: str | None = strawberry.field(description=_DEVICE)
+    preview_url: str | None = strawberry.field(description=_PREVIEW_URL)
+    contact_id: str | None = strawberry.field(description=_CONTACT_ID)
 
 
 @strawberry.type(description="COMPLAINED.")
@@ -215,6 +232,9 @@ class Message:
         description="The most advanced state its events show, whatever order they arrived in."
     )
     events: list[Event]
+    sent_at: datetime | None = strawberry.field(
+        description="When it was sent: its send event's time, never after its first event."
+    )
 
     @classmethod
     def from_timeline(cls, timeline: MessageTimeline) -> Message:
@@ -222,6 +242,7 @@ class Message:
             message_id=timeline.message_id,
             state=timeline.state,
             events=[event_view(stored) for stored in timeline.events],
+            sent_at=timeline.sent_at,
         )
 
 
