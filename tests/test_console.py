@@ -265,7 +265,7 @@ async def test_the_console_page_allows_only_its_own_scripts(gateway: Gateway) ->
     assert response.status_code == 200 and "text/html" in response.headers["content-type"]
     assert "script-src 'self';" in policy and "default-src 'none'" in policy
     host = gateway.base_url.split("//")[1]
-    assert f"connect-src 'self' ws://{host};" in policy  # no other origin
+    assert f"connect-src 'self' ws://{host} wss://{host};" in policy  # no other origin
 
 
 async def test_the_charting_library_ships_with_its_licence(gateway: Gateway) -> None:

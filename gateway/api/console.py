@@ -16,11 +16,12 @@ CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
 def content_security_policy(request: Request) -> str:
     """Only this gateway's own scripts, styles and connections: no inline script, no
     other origin. The websocket origin is named since not every browser counts ws: to
-    the page's host as 'self'."""
-    scheme = "wss" if request.url.scheme == "https" else "ws"
+    the page's host as 'self'; both schemes, since behind a proxy that ends TLS the
+    gateway sees http while the browser speaks wss."""
+    host = request.url.netloc
     return (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        f"connect-src 'self' {scheme}://{request.url.netloc}; base-uri 'none'; "
+        f"connect-src 'self' ws://{host} wss://{host}; base-uri 'none'; "
         "form-action 'none'; frame-ancestors 'none'"
     )
 
