@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from gateway.api import health, ingest, smtpeter_rest
+from gateway.api import console, health, ingest, smtpeter_rest
 from gateway.api.graphql.app import GatewayGraphQL
 from gateway.api.graphql.schema import build_schema
 from gateway.api.responses import error
@@ -68,6 +68,7 @@ def create_app(
             *ingest.routes,
             *smtpeter_rest.routes,
             *health.routes,
+            *console.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
         ],

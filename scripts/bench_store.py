@@ -1,7 +1,8 @@
 """Benchmark databases: create and drop them, an account, bulk fill, the insert ceiling.
 
 Writes go through the gateway's own storage code (``insert_events``), so the data the
-queries later read is exactly what ingest would have stored: rows, tag rows, tag counts.
+queries later read is exactly what ingest would have stored: rows, tag rows, tag counts,
+the eventStats rollup.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 # Of this run only: benchmarks run side by side (say, from two work trees) must not
 # drop each other's database.
 POSTGRES_BENCH_DB = f"gateway_bench_{os.getpid()}"
-EVENT_TABLES = ("event_tags", "tag_counts", "events")
+EVENT_TABLES = ("event_tags", "tag_counts", "event_counts", "events")
 
 
 @dataclass(frozen=True)

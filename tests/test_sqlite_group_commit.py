@@ -107,6 +107,7 @@ async def test_a_batch_without_work_is_one_trip_to_the_writers_thread(
         "INSERT INTO events",
         "INSERT INTO event_tags",
         "INSERT INTO tag_counts",
+        "INSERT INTO event_counts",
         "COMMIT",
     ]
     assert hook.calls == []  # its work table had no rows of the account

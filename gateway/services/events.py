@@ -10,7 +10,7 @@ import base64
 import binascii
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -24,7 +24,18 @@ from gateway.domain.query import (
     message_sent_at,
     message_state,
 )
+from gateway.domain.stats import (
+    StatsBucket,
+    StatsGroup,
+    StatsInterval,
+    hour_of,
+    hour_start,
+    rollup_plan,
+    rollup_spans,
+    tally,
+)
 from gateway.services.accounts import InputError
+from gateway.storage import event_counts
 from gateway.storage import events as event_store
 from gateway.storage.db import ReadTimeout, bounded_read
 
@@ -38,6 +49,11 @@ class QueryTimeout(Exception):
             "(GATEWAY_QUERY_TIMEOUT_SECONDS) and was stopped: narrow the filter"
         )
         self.seconds = seconds
+
+
+# eventStats counts at most this many events itself (a filter the rollup cannot answer,
+# or the part hours at the edges of a window that does not start and end on the hour).
+STATS_SCAN_LIMIT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +171,85 @@ class EventQueries:
             state,
             sent_at,
         )
+
+    async def stats(
+        self,
+        account_id: int,
+        where: EventFilter,
+        *,
+        interval: StatsInterval,
+        group: StatsGroup,
+    ) -> list[StatsBucket]:
+        """eventStats: the account's events counted per bucket and key, by bucket then key.
+
+        Whole hours come from the rollup ingest keeps; the part hours at the edges of
+        the window, and filters the rollup cannot answer, are counted from the events,
+        up to STATS_SCAN_LIMIT of them (more is an InputError saying what to narrow).
+        """
+        if where.start is not None and where.end is not None and where.end <= where.start:
+            raise InputError("where.end", "must be after where.start")
+        plan = rollup_plan(where, group)
+        width = interval.hours
+        counts: dict[tuple[int, str], int] = {}
+        async with self._reading(where) as connection:
+            if plan is None:
+                scans = [where]
+                hint = "give start and end, or use fewer filters (see eventStats in the README)"
+            else:
+                first_hour, end_hour, scans = _whole_hours(where)
+                hint = "start and end on whole hours are counted from the rollup"
+                if first_hour is None or end_hour is None or first_hour < end_hour:
+                    for span, first, end in rollup_spans(first_hour, end_hour, interval):
+                        for start, key, count in await event_counts.read_rollup(
+                            connection,
+                            account_id=account_id,
+                            plan=plan,
+                            span=span,
+                            width_hours=width,
+                            first_hour=first,
+                            end_hour=end,
+                        ):
+                            counts[start, key] = counts.get((start, key), 0) + count
+            for scan in scans:
+                found = await event_store.find_events(
+                    connection, account_id=account_id, where=scan, limit=STATS_SCAN_LIMIT + 1
+                )
+                if len(found) > STATS_SCAN_LIMIT:
+                    too_many = f"matches over {STATS_SCAN_LIMIT} events to count one by one"
+                    raise InputError("where", f"{too_many}: {hint}")
+                for bucket, n in tally((s.event for s in found), interval, group).items():
+                    counts[bucket] = counts.get(bucket, 0) + n
+        return [
+            StatsBucket(hour_start(start), key, n) for (start, key), n in sorted(counts.items())
+        ]
+
+
+def _whole_hours(where: EventFilter) -> tuple[int | None, int | None, list[EventFilter]]:
+    """The whole hours of ``where``'s window, ``[first, end)`` (None: unbounded), and
+    the filters of the part hours at its edges, which the rollup cannot count."""
+    first_hour = end_hour = None
+    scans: list[EventFilter] = []
+    if where.start is not None:
+        first_hour = hour_of(where.start)
+        if hour_start(first_hour) != where.start:
+            first_hour += 1
+            scans.append(replace(where, end=_earlier(where.end, _hour_or_none(first_hour))))
+    if where.end is not None:
+        end_hour = hour_of(where.end)
+        if hour_start(end_hour) != where.end and (first_hour is None or end_hour >= first_hour):
+            scans.append(replace(where, start=hour_start(end_hour)))
+    return first_hour, end_hour, scans
+
+
+def _hour_or_none(hour: int) -> datetime | None:
+    """The start of ``hour``, or None past the last time a datetime can hold."""
+    try:
+        return hour_start(hour)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def _earlier(first: datetime | None, second: datetime | None) -> datetime | None:
+    if first is None or second is None:
+        return first or second
+    return min(first, second)

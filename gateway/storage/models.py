@@ -209,3 +209,20 @@ class IdNode(SQLModel, table=True):
     # by its own clock; a new holder only from floor_ms (the previous expires_at_ms) on.
     floor_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     expires_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class EventCount(SQLModel, table=True):
+    """How many events an account stored per UTC hour (and day), type and one dimension (its
+    provider, its template, each of its tags): ``eventStats`` reads these, not the
+    events. Ingest adds to them in the transaction that stores the events."""
+
+    __tablename__ = "event_counts"
+    account_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    dimension: str = Field(primary_key=True, max_length=8)  # provider | template | tag
+    span: int = Field(primary_key=True)  # hours the row covers: 1, or 24 (a UTC day)
+    hour: int = Field(  # its first hour, in hours since the Unix epoch, UTC
+        sa_column=Column(BigInteger, primary_key=True, autoincrement=False)
+    )
+    key: str = Field(primary_key=True, max_length=255)
+    type: str = Field(primary_key=True, max_length=16)
+    count: int = Field(default=0, sa_type=BigInteger)

@@ -25,6 +25,7 @@ from gateway.api.graphql.context import (
     timed_out,
     user_error,
 )
+from gateway.api.graphql.stats import StatsQuery
 from gateway.api.graphql.subscriptions import SharedExecution, Subscription
 from gateway.api.graphql.types import (
     EVENT_TYPES,
@@ -49,7 +50,7 @@ from gateway.settings import Settings
 
 
 @strawberry.type
-class Query(WebhookQuery):
+class Query(WebhookQuery, StatsQuery):
     @strawberry.field(description="Events, newest first, as a Relay cursor connection.")
     async def events(
         self,

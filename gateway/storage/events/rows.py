@@ -79,7 +79,7 @@ class _Refused(Exception):
 def _text(field: str, value: object, *, limit: int | None = None) -> str:
     if not isinstance(value, str):
         raise _Refused(field, f"must be text, not {type(value).__name__}")
-    text = _UNSTORABLE.sub("", value) if _UNSTORABLE.search(value) is not None else value
+    text = stored_text(value)
     if limit is not None and len(text) > limit:
         raise _Refused(field, f"longer than {limit} characters")
     return text
@@ -94,6 +94,12 @@ def _json(field: str, value: Any) -> str:
         return json_text(value)
     except (ValueError, TypeError, RecursionError) as problem:
         raise _Refused(field, f"cannot be stored as JSON ({problem})") from None
+
+
+def stored_text(value: str) -> str:
+    """``value`` as a text column stores it (what PostgreSQL or UTF-8 cannot hold
+    removed)."""
+    return _UNSTORABLE.sub("", value) if _UNSTORABLE.search(value) is not None else value
 
 
 def stored_tags(tags: Sequence[Any]) -> tuple[str, ...]:

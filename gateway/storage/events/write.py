@@ -7,7 +7,7 @@ import functools
 import re
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -15,12 +15,15 @@ import orjson
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.domain.stats import rollup_increments
+from gateway.storage.event_counts import POSTGRESQL_EVENT_COUNTS_CTES, SQLITE_EVENT_COUNTS
 from gateway.storage.events.rows import (
     NewEvent,
     PreparedEvent,
     Unstorable,
     events_table,
     prepare_events,
+    stored_text,
 )
 
 
@@ -139,6 +142,7 @@ class _SqliteBatch:
     chunks: list[tuple[str, tuple[Any, ...]]]
     tags: dict[int, tuple[int, tuple[str, ...]]]  # event id: (account, tags)
     accounts: tuple[int, ...]
+    news: tuple[NewEvent, ...]
 
     @staticmethod
     def of(events: Sequence[PreparedEvent]) -> _SqliteBatch:
@@ -153,6 +157,7 @@ class _SqliteBatch:
             chunks,
             {prepared.new.id: (prepared.new.account_id, prepared.tags) for prepared in events},
             tuple(sorted({prepared.new.account_id for prepared in events})),
+            tuple(prepared.new for prepared in events),
         )
 
     def tag_rows(self, stored: set[int]) -> list[tuple[int, str, int]]:
@@ -169,6 +174,18 @@ class _SqliteBatch:
         for account_id, tag, _event_id in tag_rows:
             counts[account_id, tag] = counts.get((account_id, tag), 0) + 1
         return [(account_id, tag, n) for (account_id, tag), n in sorted(counts.items())]
+
+    def rollup_rows(self, stored: set[int]) -> list[tuple[int, str, int, int, str, str, int]]:
+        """The eventStats rollup's increments for the events stored (storage.event_counts),
+        keyed by the template and tags as stored."""
+        return rollup_increments(
+            (new.account_id, replace(new.event, template=template, tags=self.tags[new.id][1]))
+            for new in self.news
+            if new.id in stored
+            for template in [
+                None if new.event.template is None else stored_text(new.event.template)
+            ]
+        )
 
     def probes(self, tables: Sequence[str]) -> list[str]:
         return [_sqlite_probe(table, len(self.accounts)) for table in tables]
@@ -199,6 +216,8 @@ def write_alone(
         if tag_rows := batch.tag_rows(stored):
             sqlite.executemany(_SQLITE_TAGS, tag_rows)
             sqlite.executemany(_SQLITE_COUNTS, batch.count_rows(tag_rows))
+        if stored:
+            sqlite.executemany(SQLITE_EVENT_COUNTS, batch.rollup_rows(stored))
         sqlite.execute("COMMIT")
     except BaseException:
         if sqlite.in_transaction:
@@ -218,6 +237,8 @@ async def _insert_sqlite(
     if tag_rows := batch.tag_rows(stored):
         await connection.exec_driver_sql(_SQLITE_TAGS, tag_rows)
         await connection.exec_driver_sql(_SQLITE_COUNTS, batch.count_rows(tag_rows))
+    if stored:
+        await connection.exec_driver_sql(SQLITE_EVENT_COUNTS, batch.rollup_rows(stored))
     for probe in batch.probes(work_in):
         if (await connection.exec_driver_sql(probe, batch.accounts)).first() is not None:
             return Inserted(stored, has_work=True)
@@ -231,7 +252,8 @@ async def _insert_sqlite(
 # the locks are granted, so it sees a web hook committed while this one waited.
 _POSTGRESQL_LOCK = "SELECT id FROM accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE"
 
-# Events, their tag rows and tag counts in one PostgreSQL statement. The rows arrive as
+# Events, their tag rows, tag counts and the eventStats rollup (storage.event_counts)
+# in one PostgreSQL statement. The rows arrive as
 # one JSON document that PostgreSQL turns into records of the table's own row type: one
 # round trip and one prepared statement for a batch of any size, and next to no
 # per-value work in Python (twice the rows per second of multi-row VALUES and two more
@@ -247,7 +269,7 @@ _POSTGRESQL_INSERT = """
         SELECT * FROM json_populate_recordset(NULL::events, $1::json)
         ORDER BY account_id, dedupe_key
         ON CONFLICT (account_id, dedupe_key) DO NOTHING
-        RETURNING id
+        RETURNING id, account_id, type, provider, template, occurred_at
     ), new_tags AS (
         SELECT tag.account_id, tag.tag, tag.event_id
         FROM json_to_recordset($2::json) AS tag(account_id bigint, tag text, event_id bigint)
@@ -261,7 +283,7 @@ _POSTGRESQL_INSERT = """
         SELECT account_id, tag, count(*) FROM new_tags
         GROUP BY account_id, tag ORDER BY account_id, tag
         ON CONFLICT (account_id, tag) DO UPDATE SET count = tag_counts.count + excluded.count
-    )
+    ),{event_counts}
     SELECT ARRAY(SELECT id FROM inserted) AS ids, {work} AS has_work
 """
 
@@ -276,7 +298,9 @@ def _postgresql_insert(work_in: tuple[str, ...]) -> str:
         f'EXISTS (SELECT 1 FROM "{table}" WHERE account_id = ANY($3::bigint[]))'  # noqa: S608
         for table in work_in
     )
-    return _POSTGRESQL_INSERT.format(work=work or "false")
+    return _POSTGRESQL_INSERT.format(
+        work=work or "false", event_counts=POSTGRESQL_EVENT_COUNTS_CTES
+    )
 
 
 async def _insert_postgresql(
