@@ -30,7 +30,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import Connec
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
 from gateway.api.graphql.context import Context
-from gateway.api.graphql.subscriptions import LIVE_SINK, LiveSink
+from gateway.api.graphql.subscriptions import LIVE_SINK, LiveSink, Selection
 from gateway.api.responses import bearer_token, error
 from gateway.runtime import Services
 
@@ -54,11 +54,12 @@ class WebSocketContext(Context):
     websocket: WebSocket | None = None
 
 
-def _offer_sink(context: Context, message: dict[str, Any]) -> None:
+def _offer_sink(context: Context, message: dict[str, Any], selection: Selection) -> None:
     """Let the operation starting in this task write its results directly (see
-    gateway.api.graphql.subscriptions): ``message`` is its protocol's result message."""
+    gateway.api.graphql.subscriptions): ``message`` is its protocol's result message,
+    ``selection`` the request it was started with."""
     if isinstance(context, WebSocketContext) and context.websocket is not None:
-        LIVE_SINK.set(LiveSink.for_message(context.websocket, message))
+        LIVE_SINK.set(LiveSink.for_message(context.websocket, message, selection))
 
 
 def _authorization(params: dict[str, object] | None) -> str | None:
@@ -81,7 +82,8 @@ class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             self._pinging = asyncio.create_task(self._ping_every(interval))
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
-        _offer_sink(self.context, {"id": operation.id, "type": "next"})
+        selection = Selection(operation.query, operation.variables, operation.operation_name)
+        _offer_sink(self.context, {"id": operation.id, "type": "next"}, selection)
         await super().run_operation(operation)
 
     async def _ping_every(self, interval: float) -> None:
@@ -108,7 +110,8 @@ class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         operation_name: str | None,
         variables: dict[str, object] | None,
     ) -> None:
-        _offer_sink(self.context, {"type": "data", "id": operation_id})
+        selection = Selection(query, variables, operation_name)
+        _offer_sink(self.context, {"type": "data", "id": operation_id}, selection)
         await super().handle_async_results(operation_id, query, operation_name, variables)
 
 
@@ -142,13 +145,15 @@ class GatewayGraphQL(GraphQL[Context, None]):
                     response.headers["www-authenticate"] = "Bearer"
                     await response(scope, receive, send)
                     return
-                scope.setdefault("state", {})["account_id"] = account_id
+                request.state.account_id = account_id
         await super().__call__(scope, receive, send)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         if isinstance(request, WebSocket):
             return WebSocketContext(services=self.services, account_id=None, websocket=request)
-        return Context(services=self.services, account_id=request.state._state.get("account_id"))
+        # Set in __call__ once the key is checked; GraphiQL's page has none.
+        account_id: int | None = getattr(request.state, "account_id", None)
+        return Context(services=self.services, account_id=account_id)
 
     async def on_ws_connect(self, context: Context) -> None:
         """Authenticate connection_init, on both protocols; refuse the connection if the

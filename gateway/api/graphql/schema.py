@@ -18,7 +18,7 @@ from strawberry.extensions import (
 from strawberry.types import Info
 
 from gateway.api.graphql.context import Context, authorized, object_id, page_size, user_error
-from gateway.api.graphql.subscriptions import SharedExecution, Subscription
+from gateway.api.graphql.subscriptions import Subscription
 from gateway.api.graphql.types import (
     EVENT_TYPES,
     ApiKey,
@@ -221,6 +221,4 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         subscription=Subscription,
         types=list(EVENT_TYPES),
         extensions=extensions,
-        # Runs a subscription event once for all subscribers with the same selection.
-        execution_context_class=SharedExecution,
     )
