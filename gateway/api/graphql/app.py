@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -29,7 +28,8 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
-from gateway.api.graphql.context import Context
+from gateway.api.graphql.context import Context, WebSocketContext
+from gateway.api.graphql.frames import guard_frames
 from gateway.api.graphql.subscriptions import LIVE_SINK, LiveSink, Selection
 from gateway.api.responses import bearer_token, error
 from gateway.runtime import Services
@@ -43,15 +43,6 @@ def _wants_graphiql(request: Request) -> bool:
         and "query" not in request.query_params
         and "text/html" in request.headers.get("accept", "")
     )
-
-
-@dataclass
-class WebSocketContext(Context):
-    """A websocket's context, one per connection: Strawberry stores connection_init's
-    payload in ``connection_params``; ``account_id`` is set once it authenticates."""
-
-    connection_params: dict[str, object] | None = None
-    websocket: WebSocket | None = None
 
 
 def _offer_sink(context: Context, message: dict[str, Any], selection: Selection) -> None:
@@ -133,6 +124,7 @@ class GatewayGraphQL(GraphQL[Context, None]):
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        receive, send = guard_frames(scope, receive, send)
         if scope["type"] == "http":
             request = Request(scope, receive)
             if not _wants_graphiql(request):
@@ -165,6 +157,8 @@ class GatewayGraphQL(GraphQL[Context, None]):
         if account_id is None:
             raise ConnectionRejectionError({"message": UNAUTHORIZED})
         context.account_id = account_id
+        if context.websocket is not None:
+            context.websocket.state.account_id = account_id  # for the access log
 
     def encode_json(self, data: object) -> str:
         """orjson: ~10x faster than json.dumps, which matters with a message per
