@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from gateway.api import health, ingest, smtpeter_rest
+from gateway.api import graphiql, health, ingest, smtpeter_rest
 from gateway.api.graphql.app import GatewayGraphQL
 from gateway.api.graphql.schema import build_schema
 from gateway.api.responses import error
@@ -71,6 +71,7 @@ def create_app(
         *health.routes,
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
+        *graphiql.routes,
     ]
     return Starlette(
         routes=routes,

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -28,6 +29,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
+from gateway.api.graphiql import graphiql_page
 from gateway.api.graphql.context import Context, WebSocketContext
 from gateway.api.graphql.frames import guard_frames
 from gateway.api.graphql.subscriptions import LIVE_SINK, LiveSink, Selection
@@ -139,6 +141,10 @@ class GatewayGraphQL(GraphQL[Context, None]):
                     return
                 request.state.account_id = account_id
         await super().__call__(scope, receive, send)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """Our GraphiQL page (assets served from the package), not Strawberry's CDN one."""
+        return HTMLResponse(graphiql_page())
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         if isinstance(request, WebSocket):
