@@ -75,21 +75,25 @@
 
     // A new fetcher makes GraphiQL fetch the schema again: with the key just typed,
     // its docs no longer say "Error fetching schema".
+    function learn(headersText) {
+      if (remember(headersText)) {
+        setFetcher(function () {
+          return makeFetcher();
+        });
+      }
+    }
+
     function onEditHeaders(text) {
       window.clearTimeout(timer.current);
       timer.current = window.setTimeout(function () {
-        if (remember(text)) {
-          setFetcher(function () {
-            return makeFetcher();
-          });
-        }
+        learn(text);
       }, 300);
     }
 
+    // Also called as the headers are edited, and when another tab is chosen.
     function onTabChange(tabsState) {
-      tabsState.tabs.forEach(function (tab) {
-        if (!knownAuthorization) remember(tab.headers);
-      });
+      var active = tabsState.tabs[tabsState.activeTabIndex];
+      if (active) learn(active.headers);
     }
 
     return React.createElement(GraphiQL, {
