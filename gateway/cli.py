@@ -113,8 +113,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     print_banner(settings, base_url)
     app = create_app(settings, bootstrap=True, worker=not args.no_worker, base_url=base_url)
     # permessage-deflate is negotiated inside uvicorn before the app runs; it cost
-    # ~25 µs a message for every websocket subscriber.
-    # One format for uvicorn's lines and ours; the access log is gateway.access.
+    # ~25 µs a message for every websocket subscriber. uvicorn logs in our format, and
+    # its access log gives way to gateway.access.
     uvicorn.run(
         app,
         host=args.host,
