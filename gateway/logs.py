@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -150,7 +150,8 @@ class AccessLog:
         route = self.route_template(scope)
         status: int | None = None
 
-        async def send_noting_status(message: Message) -> None:
+        def send_noting_status(message: Message) -> Awaitable[None]:
+            # Not a coroutine function: a websocket's every message passes here.
             nonlocal status
             kind = message["type"]
             if kind == "http.response.start":
@@ -159,7 +160,7 @@ class AccessLog:
                 status = message.get("code", 1000)
             elif kind == "websocket.accept" and status is None:
                 status = 101
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_noting_status)

@@ -14,6 +14,7 @@ This is a wrapper of the ASGI ``receive`` and ``send`` callables, no part of Str
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -73,6 +74,10 @@ def check_frame(protocol: str, text: str) -> None:
         _optional(payload, dict, "payload")
 
 
+async def _nothing() -> None:
+    return None
+
+
 class FrameGuard:
     """``receive`` and ``send`` of one websocket, with every client frame checked."""
 
@@ -82,12 +87,14 @@ class FrameGuard:
         self._protocol: str | None = None
         self._closed = False
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        # Not a coroutine function: every result of every subscriber passes here, and
+        # handing back the inner send's awaitable saves a coroutine per message.
         if self._closed:
-            return  # we closed the socket already; Strawberry is finishing up
+            return _nothing()  # we closed the socket already; Strawberry is finishing up
         if message["type"] == "websocket.accept":
             self._protocol = message.get("subprotocol")
-        await self._send(message)
+        return self._send(message)
 
     async def receive(self) -> Message:
         message = await self._receive()

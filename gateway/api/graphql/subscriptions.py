@@ -204,15 +204,14 @@ class Subscription:
             context.account_id, domain_filter, after_id=after_id
         )
         sink = LIVE_SINK.get()
+        schema, request_context = info.schema, info.context
         last_id = after_id
         try:
             async with aclosing(stream):
                 async for stored in stream:
                     view = SHARED_VIEWS.view(stored)
                     text = (
-                        await encoded_event(
-                            info.schema, sink.selection, sink.key, view, info.context
-                        )
+                        await encoded_event(schema, sink.selection, sink.key, view, request_context)
                         if sink is not None
                         else None
                     )
