@@ -526,17 +526,20 @@ async def test_subscribers_with_the_same_selection_share_one_execution_per_event
     async with (
         connected(gateway, account.api_key) as one,
         connected(gateway, account.api_key, LEGACY_WS) as two,
+        connected(gateway, account.api_key) as three,
     ):
         for ws in (one, two):
             await start(ws, "same")
-        await start(two, "other", other_selection)
-        await subscribed(gateway, account, 3)
+        for ws in (two, three):
+            await start(ws, "other", other_selection)
+        await subscribed(gateway, account, 4)
         await ingest_brevo(gateway, account, brevo())
         await next_event(one)
         assert {(await receive(two))["id"] for _ in range(2)} == {"same", "other"}
+        assert (await receive(three))["id"] == "other"
     assert sorted(executed) == sorted(
         [("SendingEvent", EVENTS), ("SendingEvent", other_selection)]
-    )  # one per selection
+    )  # one per selection, for its two subscribers
 
 
 # The hub's subscriber queue

@@ -63,13 +63,15 @@ class Selection:
 
 
 class _Shared:
-    __slots__ = ("results", "stored", "view")
+    __slots__ = ("asked", "results", "stored", "view")
 
     def __init__(self, stored: StoredEvent, view: Event) -> None:
         self.stored = stored
         self.view = view
         # Selection key -> {"data": …} as JSON, or None when the result had errors.
         self.results: dict[str, str | None] = {}
+        # Selections one subscriber has asked for (see encoded_event).
+        self.asked: set[str] = set()
 
 
 class SharedViews:
@@ -97,10 +99,10 @@ class SharedViews:
                 del self._by_view[id(oldest.view)]
         return shared.view
 
-    def results_for(self, view: object) -> dict[str, str | None] | None:
-        """The shared results of a view made here; None for any other object."""
+    def shared(self, view: object) -> _Shared | None:
+        """What is shared about a view made here; None for any other object."""
         shared = self._by_view.get(id(view))
-        return shared.results if shared is not None and shared.view is view else None
+        return shared if shared is not None and shared.view is view else None
 
 
 # Process-wide, like Strawberry's parser and validation caches: subscribers on every
@@ -130,13 +132,22 @@ async def encoded_event(
     schema: strawberry.Schema, selection: Selection, key: str, view: Event, context: object
 ) -> str | None:
     """The shared ``{"data": …}`` text of ``selection`` (whose key is ``key``) for a
-    shared view, executed by the first subscriber that needs it."""
-    results = SHARED_VIEWS.results_for(view)
-    if results is None:
+    shared view, executed by the second subscriber that asks for it; None for the first.
+
+    Executing through ``Schema.execute`` (extensions, caches) costs several times
+    Strawberry's own per-result path, and pays only when the result is shared: a lone
+    subscriber, such as a resumed one reading what it missed, takes Strawberry's path.
+    """
+    shared = SHARED_VIEWS.shared(view)
+    if shared is None:
         return None
-    if key not in results:
-        results[key] = await execute_selection(schema, selection, view, context)
-    return results[key]
+    if key in shared.results:
+        return shared.results[key]
+    if key not in shared.asked:
+        shared.asked.add(key)
+        return None
+    text = shared.results[key] = await execute_selection(schema, selection, view, context)
+    return text
 
 
 @dataclass(frozen=True, slots=True)
