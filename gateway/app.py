@@ -9,15 +9,17 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from gateway.api import console, health, ingest, smtpeter_rest
+from gateway.api import console, graphiql, health, ingest, smtpeter_rest
 from gateway.api.graphql.app import GatewayGraphQL
 from gateway.api.graphql.schema import build_schema
 from gateway.api.responses import error
+from gateway.logs import AccessLog
 from gateway.runtime import Services, open_services
 from gateway.settings import Settings
 from gateway.worker import running_worker
@@ -63,15 +65,18 @@ def create_app(
         log.exception("unhandled error", exc_info=exc)
         return error(500, "internal error; it has been logged")
 
+    routes = [
+        *ingest.routes,
+        *smtpeter_rest.routes,
+        *health.routes,
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
+        *graphiql.routes,
+        *console.routes,
+    ]
     return Starlette(
-        routes=[
-            *ingest.routes,
-            *smtpeter_rest.routes,
-            *health.routes,
-            *console.routes,
-            Route("/graphql", graphql, methods=["GET", "POST"]),
-            WebSocketRoute("/graphql", graphql),
-        ],
+        routes=routes,
+        middleware=[Middleware(AccessLog, routes=routes)],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )

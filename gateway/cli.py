@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import sys
 from typing import TYPE_CHECKING
 
+from gateway.logs import configure_logging, log_config
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -141,11 +141,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     print_banner(settings, base_url)
     app = create_app(settings, bootstrap=True, worker=not args.no_worker, base_url=base_url)
     # permessage-deflate is negotiated inside uvicorn before the app runs; it cost
-    # ~25 µs a message for every websocket subscriber.
+    # ~25 µs a message for every websocket subscriber. uvicorn logs in our format, and
+    # its access log gives way to gateway.access.
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
+        log_config=log_config(settings.log_format),
         log_level="info",
         access_log=False,
         ws_per_message_deflate=False,
@@ -186,15 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("export-schema", help="print the GraphQL SDL")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    # arq logs two lines per job and httpx one per request; every call is in the
-    # delivery log already.
-    logging.getLogger("arq.worker").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
+    configure_logging(settings.log_format)
     if args.command == "serve":
         _serve(settings, args)
     elif args.command == "worker":

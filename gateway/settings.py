@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,6 +73,10 @@ class Settings(BaseSettings):
     ws_keep_alive_seconds: float = 15.0
     # Seconds a new websocket has to send connection_init.
     ws_init_timeout_seconds: float = 10.0
+
+    # Log lines: "human" (time LEVEL logger: message) or "json" (one object a line),
+    # for the gateway and uvicorn alike.
+    log_format: Literal["human", "json"] = "human"
 
     # Web hooks (delivery rules of DESIGN.md).
     retry_schedule: str = "5,300,1800,7200,18000,36000,36000"

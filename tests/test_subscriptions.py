@@ -17,11 +17,11 @@ import orjson
 import pytest
 import redis.asyncio
 from starlette.responses import Response
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
+from gateway.api.graphql import subscriptions
 from gateway.domain.events import EventType, NormalizedEvent, Provider, RejectReason, Severity
 from gateway.domain.query import StoredEvent
 from gateway.live import GAP, Subscriber, SubscriberOverflow
@@ -514,27 +514,32 @@ async def test_resume_on_another_replica(replicas: tuple[Gateway, Gateway]) -> N
 async def test_subscribers_with_the_same_selection_share_one_execution_per_event(
     gateway: Gateway, account: CreatedAccount, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    executed: list[str] = []
-    execute = StrawberryGraphQLCoreExecutionContext.execute_operation
+    executed: list[tuple[str, str]] = []
+    execute = subscriptions.execute_selection
 
-    def counting(self: Any, serially: bool | None = None) -> Any:
-        executed.append(type(self.root_value).__name__)
-        return execute(self, serially)
+    async def counting(schema: Any, selection: Any, view: Any, context: Any) -> Any:
+        executed.append((type(view).__name__, selection.query))
+        return await execute(schema, selection, view, context)
 
-    monkeypatch.setattr(StrawberryGraphQLCoreExecutionContext, "execute_operation", counting)
+    monkeypatch.setattr(subscriptions, "execute_selection", counting)  # a spy
     other_selection = "subscription { events { id } }"
     async with (
         connected(gateway, account.api_key) as one,
         connected(gateway, account.api_key, LEGACY_WS) as two,
+        connected(gateway, account.api_key) as three,
     ):
         for ws in (one, two):
             await start(ws, "same")
-        await start(two, "other", other_selection)
-        await subscribed(gateway, account, 3)
+        for ws in (two, three):
+            await start(ws, "other", other_selection)
+        await subscribed(gateway, account, 4)
         await ingest_brevo(gateway, account, brevo())
         await next_event(one)
         assert {(await receive(two))["id"] for _ in range(2)} == {"same", "other"}
-    assert executed == ["SendingEvent", "SendingEvent"]  # one per selection
+        assert (await receive(three))["id"] == "other"
+    assert sorted(executed) == sorted(
+        [("SendingEvent", EVENTS), ("SendingEvent", other_selection)]
+    )  # one per selection, for its two subscribers
 
 
 # The hub's subscriber queue

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -30,8 +29,10 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
-from gateway.api.graphql.context import Context
-from gateway.api.graphql.subscriptions import LIVE_SINK, LiveSink
+from gateway.api.graphiql import graphiql_page
+from gateway.api.graphql.context import Context, WebSocketContext
+from gateway.api.graphql.frames import guard_frames
+from gateway.api.graphql.subscriptions import LIVE_SINK, LiveSink, Selection
 from gateway.api.responses import bearer_token, error, failure
 from gateway.runtime import Services
 
@@ -80,20 +81,12 @@ def _wants_graphiql(request: Request) -> bool:
     )
 
 
-@dataclass
-class WebSocketContext(Context):
-    """A websocket's context, one per connection: Strawberry stores connection_init's
-    payload in ``connection_params``; ``account_id`` is set once it authenticates."""
-
-    connection_params: dict[str, object] | None = None
-    websocket: WebSocket | None = None
-
-
-def _offer_sink(context: Context, message: dict[str, Any]) -> None:
+def _offer_sink(context: Context, message: dict[str, Any], selection: Selection) -> None:
     """Let the operation starting in this task write its results directly (see
-    gateway.api.graphql.subscriptions): ``message`` is its protocol's result message."""
+    gateway.api.graphql.subscriptions): ``message`` is its protocol's result message,
+    ``selection`` the request it was started with."""
     if isinstance(context, WebSocketContext) and context.websocket is not None:
-        LIVE_SINK.set(LiveSink.for_message(context.websocket, message))
+        LIVE_SINK.set(LiveSink.for_message(context.websocket, message, selection))
 
 
 def _authorization(params: dict[str, object] | None) -> str | None:
@@ -116,7 +109,8 @@ class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             self._pinging = asyncio.create_task(self._ping_every(interval))
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
-        _offer_sink(self.context, {"id": operation.id, "type": "next"})
+        selection = Selection(operation.query, operation.variables, operation.operation_name)
+        _offer_sink(self.context, {"id": operation.id, "type": "next"}, selection)
         await super().run_operation(operation)
 
     async def _ping_every(self, interval: float) -> None:
@@ -143,7 +137,8 @@ class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         operation_name: str | None,
         variables: dict[str, object] | None,
     ) -> None:
-        _offer_sink(self.context, {"type": "data", "id": operation_id})
+        selection = Selection(query, variables, operation_name)
+        _offer_sink(self.context, {"type": "data", "id": operation_id}, selection)
         await super().handle_async_results(operation_id, query, operation_name, variables)
 
 
@@ -185,6 +180,7 @@ class GatewayGraphQL(GraphQL[Context, None]):
             await failure("graphql", exc)(scope, receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        receive, send = guard_frames(scope, receive, send)
         if scope["type"] == "http":
             request = Request(scope, receive)
             if not _wants_graphiql(request):
@@ -197,7 +193,7 @@ class GatewayGraphQL(GraphQL[Context, None]):
                     response.headers["www-authenticate"] = "Bearer"
                     await response(scope, receive, send)
                     return
-                scope.setdefault("state", {})["account_id"] = account_id
+                request.state.account_id = account_id
                 if request.method == "POST":
                     body = await _read_body(request, self.services.settings.max_graphql_body_bytes)
                     if isinstance(body, Response):
@@ -206,10 +202,16 @@ class GatewayGraphQL(GraphQL[Context, None]):
                     receive = _replaying(body, receive)
         await super().__call__(scope, receive, send)
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """Our GraphiQL page (assets served from the package), not Strawberry's CDN one."""
+        return HTMLResponse(graphiql_page())
+
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         if isinstance(request, WebSocket):
             return WebSocketContext(services=self.services, account_id=None, websocket=request)
-        return Context(services=self.services, account_id=request.state._state.get("account_id"))
+        # Set in __call__ once the key is checked; GraphiQL's page has none.
+        account_id: int | None = getattr(request.state, "account_id", None)
+        return Context(services=self.services, account_id=account_id)
 
     async def on_ws_connect(self, context: Context) -> None:
         """Authenticate connection_init, on both protocols; refuse the connection if the
@@ -221,6 +223,8 @@ class GatewayGraphQL(GraphQL[Context, None]):
         if account_id is None:
             raise ConnectionRejectionError({"message": UNAUTHORIZED})
         context.account_id = account_id
+        if context.websocket is not None:
+            context.websocket.state.account_id = account_id  # for the access log
 
     def decode_json(self, data: str | bytes) -> object:
         """orjson, whose errors are all JSONDecodeError (a 400 from Strawberry): nesting

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import strawberry
 from graphql import GraphQLError
+from starlette.websockets import WebSocket
 from strawberry.types import Info
 
 from gateway.runtime import Services
@@ -19,6 +20,15 @@ class Context:
     # None until the caller is authenticated (GraphiQL's page, a websocket before
     # connection_init): nothing may be read then.
     account_id: int | None
+
+
+@dataclass
+class WebSocketContext(Context):
+    """A websocket's context, one per connection: Strawberry stores connection_init's
+    payload in ``connection_params``; ``account_id`` is set once it authenticates."""
+
+    connection_params: dict[str, object] | None = None
+    websocket: WebSocket | None = None
 
 
 @dataclass

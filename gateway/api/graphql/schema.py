@@ -25,8 +25,13 @@ from gateway.api.graphql.context import (
     timed_out,
     user_error,
 )
+from gateway.api.graphql.errors import (
+    GatewaySchema,
+    SubscriptionsOverWebsocketOnly,
+    is_client_error,
+)
 from gateway.api.graphql.stats import StatsQuery
-from gateway.api.graphql.subscriptions import SharedExecution, Subscription
+from gateway.api.graphql.subscriptions import Subscription
 from gateway.api.graphql.types import (
     EVENT_TYPES,
     ApiKey,
@@ -206,7 +211,7 @@ class Mutation(WebhookMutation):
 def _should_mask(error: GraphQLError) -> bool:
     """Hide internal failures (no stack traces or SQL to clients); keep our own messages
     and GraphQL's validation errors, which name the field."""
-    return error.original_error is not None and not isinstance(error.original_error, GraphQLError)
+    return not is_client_error(error)
 
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
@@ -229,13 +234,12 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         lambda: ParserCache(maxsize=1000),
         lambda: ValidationCache(maxsize=1000),
         lambda: MaskErrors(should_mask_error=_should_mask),
+        SubscriptionsOverWebsocketOnly,
     ]
-    return strawberry.Schema(
+    return GatewaySchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         types=list(EVENT_TYPES),
         extensions=extensions,
-        # Runs a subscription event once for all subscribers with the same selection.
-        execution_context_class=SharedExecution,
     )

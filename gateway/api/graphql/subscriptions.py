@@ -6,12 +6,16 @@ resolves a field in ~5 µs) nor 1,000 trips through Strawberry's per-result mach
 
 - Every local subscriber of an account receives the *same* decoded event object from
   the live hub, so that object gets one GraphQL view (:class:`SharedViews`).
-- Each operation (the same document and variables) is executed once per event
-  (:class:`SharedExecution`), and its ``{"data": …}`` serialized once.
-- Over a websocket, the resolver writes that text straight into the protocol's result
-  message for each subscriber (:class:`LiveSink`), so what is left per subscriber is
-  waking its task and one socket write. Results with errors, and other transports,
-  take Strawberry's ordinary path (the resolver yields the view).
+- Over a websocket, the protocol handler hands each operation a :class:`LiveSink`: its
+  socket, its result message, and the request it was started with. The resolver
+  executes that request once per event and selection (the same document, variables
+  and operation name), with the event's view as the subscription's root value, through
+  Strawberry's public ``Schema.execute``, and keeps ``{"data": …}`` as JSON with the
+  view. Each subscriber's resolver writes that text straight into its own protocol
+  message, so what is left per subscriber is a dictionary look-up, waking its task and
+  one socket write.
+- Results with errors, and other transports, take Strawberry's ordinary path (the
+  resolver yields the view), which masks and reports errors.
 
 Only the fields of an event are shared, and those are the same for every subscriber of
 the account the event belongs to.
@@ -27,19 +31,10 @@ from typing import Any
 
 import orjson
 import strawberry
-from graphql import (
-    ExecutionResult,
-    FieldNode,
-    GraphQLError,
-    GraphQLField,
-    GraphQLObjectType,
-    GraphQLResolveInfo,
-    OperationDefinitionNode,
-)
-from graphql.pyutils import AwaitableOrValue, Path
+from graphql import GraphQLError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import Info
+from strawberry.types.graphql import OperationType
 
 from gateway.api.graphql.context import Context, authorized, object_id, timed_out, user_error
 from gateway.api.graphql.types import Event, EventFilter, event_view
@@ -51,26 +46,38 @@ from gateway.live.attempts import ATTEMPTS
 from gateway.services.accounts import InputError
 from gateway.services.events import QueryTimeout
 
+SUBSCRIPTION_ONLY = (OperationType.SUBSCRIPTION,)
 
-@dataclass(slots=True)
-class _Result:
-    # Kept with the operation it was computed for: ids of dead objects are reused.
-    operation: OperationDefinitionNode
-    result: ExecutionResult
-    text: str | None = None  # {"data": …} as JSON, once a subscriber needed it
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What a subscription asked for, as its client sent it: equal selections get equal
+    results for the same event."""
+
+    query: str
+    variables: dict[str, Any] | None
+    operation_name: str | None
+
+    @property
+    def key(self) -> str:
+        variables = orjson.dumps(self.variables, option=orjson.OPT_SORT_KEYS).decode()
+        return f"{self.operation_name}\x00{variables}\x00{self.query}"
 
 
 class _Shared:
-    __slots__ = ("results", "stored", "view")
+    __slots__ = ("asked", "results", "stored", "view")
 
     def __init__(self, stored: StoredEvent, view: Event) -> None:
         self.stored = stored
         self.view = view
-        self.results: dict[tuple[int, str], _Result] = {}
+        # Selection key -> {"data": …} as JSON, or None when the result had errors.
+        self.results: dict[str, str | None] = {}
+        # Selections one subscriber has asked for (see encoded_event).
+        self.asked: set[str] = set()
 
 
 class SharedViews:
-    """One GraphQL view per event object, and its results per operation.
+    """One GraphQL view per event object, and its encoded results per selection.
 
     Entries hold their objects, so an id in here always names the object it was made
     for; the oldest go once there are ``size`` (what they hold is bounded by that many
@@ -94,110 +101,75 @@ class SharedViews:
                 del self._by_view[id(oldest.view)]
         return shared.view
 
-    def results_for(self, root: object) -> dict[tuple[int, str], _Result] | None:
-        """The shared results of a view made here; None for any other object."""
-        shared = self._by_view.get(id(root))
-        return shared.results if shared is not None and shared.view is root else None
+    def shared(self, view: object) -> _Shared | None:
+        """What is shared about a view made here; None for any other object."""
+        shared = self._by_view.get(id(view))
+        return shared if shared is not None and shared.view is view else None
 
 
 # Process-wide, like Strawberry's parser and validation caches: subscribers on every
 # websocket of this process share it.
 SHARED_VIEWS = SharedViews()
 
-# The executor of the subscription being started, for its resolver (see
-# SharedExecution.build_resolve_info); each operation runs in a task of its own.
-_EXECUTOR: contextvars.ContextVar[SharedExecution | None] = contextvars.ContextVar(
-    "subscription_executor", default=None
-)
+
+async def execute_selection(
+    schema: strawberry.Schema, selection: Selection, view: Event, context: object
+) -> str | None:
+    """``{"data": …}`` of ``selection`` for one event's view, as JSON; None if the
+    result has errors (those take Strawberry's path, which masks them)."""
+    result = await schema.execute(
+        selection.query,
+        variable_values=selection.variables,
+        context_value=context,
+        root_value=view,
+        operation_name=selection.operation_name,
+        allowed_operation_types=SUBSCRIPTION_ONLY,
+    )
+    if result.errors:
+        return None
+    return orjson.dumps({"data": result.data}).decode()
 
 
-class SharedExecution(StrawberryGraphQLCoreExecutionContext):
-    """Strawberry's executor, with subscription events executed once per operation.
+async def encoded_event(
+    schema: strawberry.Schema, selection: Selection, key: str, view: Event, context: object
+) -> str | None:
+    """The shared ``{"data": …}`` text of ``selection`` (whose key is ``key``) for a
+    shared view, executed by the second subscriber that asks for it; None for the first.
 
-    graphql-core executes each event with a copy of the subscription's executor (its
-    ``build_per_event_executor``); a copy whose event is a shared view looks for the
-    result of its operation and variables before executing.
+    Executing through ``Schema.execute`` (extensions, caches) costs several times
+    Strawberry's own per-result path, and pays only when the result is shared: a lone
+    subscriber, such as a resumed one reading what it missed, takes Strawberry's path.
     """
-
-    _results: dict[tuple[int, str], _Result] | None = None
-    _group: tuple[int, str] | None = None
-    _event_copy = False
-
-    def _group_key(self) -> tuple[int, str]:
-        if self._group is None:
-            # Equal documents are one object (the parser cache), so the operation's
-            # identity and the variables' text name the selection.
-            self._group = (id(self.operation), repr(self.variable_values.coerced))
-        return self._group
-
-    def build_per_event_executor(self, payload: Any) -> SharedExecution:
-        self._group_key()  # on the subscription's executor, so every copy has it
-        executor = super().build_per_event_executor(payload)
-        assert isinstance(executor, SharedExecution)
-        executor._results = SHARED_VIEWS.results_for(payload)
-        executor._event_copy = True
-        return executor
-
-    def execute_operation(self, serially: bool | None = None) -> AwaitableOrValue[Any]:
-        results = self._results
-        if results is None:
-            return super().execute_operation(serially)
-        group = self._group_key()
-        found = results.get(group)
-        if found is not None and found.operation is self.operation:
-            return found.result
-        result = super().execute_operation(serially)
-        if isinstance(result, ExecutionResult):  # an awaitable (async field) is not kept
-            results[group] = _Result(self.operation, result)
-        return result
-
-    def build_resolve_info(
-        self,
-        field_def: GraphQLField,
-        field_nodes: list[FieldNode],
-        parent_type: GraphQLObjectType,
-        path: Path,
-    ) -> GraphQLResolveInfo[Any]:
-        if not self._event_copy and parent_type is self.schema.subscription_type:
-            # About to call the subscription's resolver, in the operation's task.
-            _EXECUTOR.set(self)
-        return super().build_resolve_info(field_def, field_nodes, parent_type, path)
-
-    async def encoded_event(self, view: object) -> str | None:
-        """``{"data": …}`` of this operation for a shared view, as JSON made once for
-        every subscriber with the same selection; None if it has errors (those take
-        Strawberry's path, which masks them) or the view is not shared."""
-        results = SHARED_VIEWS.results_for(view)
-        if results is None:
-            return None
-        group = self._group_key()
-        found = results.get(group)
-        if found is None or found.operation is not self.operation:
-            result = self.build_per_event_executor(view).execute_operation(False)
-            if not isinstance(result, ExecutionResult):
-                result = await result
-            found = results[group] = _Result(self.operation, result)
-        if found.result.errors:
-            return None
-        if found.text is None:
-            found.text = orjson.dumps({"data": found.result.data}).decode()
-        return found.text
+    shared = SHARED_VIEWS.shared(view)
+    if shared is None:
+        return None
+    if key in shared.results:
+        return shared.results[key]
+    if key not in shared.asked:
+        shared.asked.add(key)
+        return None
+    text = shared.results[key] = await execute_selection(schema, selection, view, context)
+    return text
 
 
 @dataclass(frozen=True, slots=True)
 class LiveSink:
     """Where one websocket operation's results may be written directly: its socket,
-    and its protocol's result message up to the payload."""
+    its protocol's result message up to the payload, and the request it runs."""
 
     websocket: WebSocket
     prefix: str
+    selection: Selection
+    key: str
 
     @classmethod
-    def for_message(cls, websocket: WebSocket, message: dict[str, Any]) -> LiveSink:
+    def for_message(
+        cls, websocket: WebSocket, message: dict[str, Any], selection: Selection
+    ) -> LiveSink:
         """``message`` is the protocol's result message for the operation, without its
         payload (e.g. ``{"id": "1", "type": "next"}``)."""
         text = orjson.dumps({**message, "payload": None}).decode()
-        return cls(websocket, text.removesuffix("null}"))
+        return cls(websocket, text.removesuffix("null}"), selection, selection.key)
 
     async def send(self, payload: str) -> bool:
         """Send one result; False once the connection is gone."""
@@ -248,13 +220,18 @@ class Subscription:
         stream = context.services.live_events.stream(
             context.account_id, domain_filter, after_id=after_id
         )
-        executor, sink = _EXECUTOR.get(), LIVE_SINK.get()
+        sink = LIVE_SINK.get()
+        schema, request_context = info.schema, info.context
         last_id = after_id
         try:
             async with aclosing(stream):
                 async for stored in stream:
                     view = SHARED_VIEWS.view(stored)
-                    text = await executor.encoded_event(view) if executor and sink else None
+                    text = (
+                        await encoded_event(schema, sink.selection, sink.key, view, request_context)
+                        if sink is not None
+                        else None
+                    )
                     if text is None:
                         yield view
                     elif sink is not None and not await sink.send(text):
