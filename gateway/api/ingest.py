@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway import tracing
 from gateway.api.responses import JSON, UNAVAILABLE, answered, basic_credentials, error
 from gateway.domain.events import NormalizedEvent, Provider
 from gateway.providers.base import IngestRequest, PayloadError
@@ -74,8 +75,18 @@ async def _read_body(request: Request, limit: int) -> _Body:
     return _Body(bytes(held), size)
 
 
-@answered
 async def ingest(request: Request) -> Response:
+    # The route's template names the span, never the path: the path holds the token.
+    route = INGEST_EVENT_ROUTE if "event" in request.path_params else INGEST_ROUTE
+    attributes = {"http.route": route, "gateway.provider": request.path_params["provider"]}
+    with tracing.span(f"{request.method} {route}", attributes, kind="server"):
+        response = await _ingest(request)
+        tracing.annotate({"http.response.status_code": response.status_code})
+        return response
+
+
+@answered
+async def _ingest(request: Request) -> Response:
     services: Services = request.app.state.services
     provider = provider_named(request.path_params["provider"])
     if provider is None:
@@ -144,6 +155,14 @@ async def ingest(request: Request) -> Response:
         result = IngestResult(0, 0, ())
         reason = f"the database refused this request's events ({type(exc).__name__})"
         refusals = [Refusal(_REFUSED_EVENT_STATUS, reason, body.data)]
+    tracing.annotate(
+        {
+            "gateway.events.read": len(events),
+            "gateway.events.stored": result.stored,
+            "gateway.events.duplicates": result.duplicates,
+            "gateway.events.refused": len(refusals),
+        }
+    )
     # Events the database refused, once the writer reports them one by one, join
     # ``refusals`` here: kept and answered like the events the adapter refused.
     await services.rejections.keep(call, refusals)
@@ -204,7 +223,9 @@ async def _refuse_whole(
     return error(problem.status, storable(problem.message))
 
 
+INGEST_ROUTE = "/ingest/{provider}/{token}"
+INGEST_EVENT_ROUTE = "/ingest/{provider}/{token}/{event}"
 routes = [
-    Route("/ingest/{provider}/{token}", ingest, methods=["GET", "POST"]),
-    Route("/ingest/{provider}/{token}/{event}", ingest, methods=["GET", "POST"]),
+    Route(INGEST_ROUTE, ingest, methods=["GET", "POST"]),
+    Route(INGEST_EVENT_ROUTE, ingest, methods=["GET", "POST"]),
 ]
