@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "email-event-gateway"
-AttributeValue = str | bool | int | float
+AttributeValue = str | bool | int | float | Sequence[int]
 # Span attributes by their OpenTelemetry names (dotted, so not keyword arguments).
 Attributes = Mapping[str, AttributeValue | None]
 Kind = Literal["internal", "server", "client"]

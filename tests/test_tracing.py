@@ -38,6 +38,8 @@ from tests.test_webhooks import create_webhook
 
 def _value(value: AnyValue) -> Any:
     kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(item) for item in value.array_value.values]
     return None if kind is None else getattr(value, kind)
 
 
@@ -223,6 +225,16 @@ async def test_delivery_attempt_span_has_webhook_format_status_and_outcome(
     assert span.attributes["gateway.delivery.outcome"] == "succeeded"
     assert span.attributes["gateway.attempt.number"] == 1
     assert str(span.attributes["gateway.event.id"]) == traced.event_ids[0]
+
+
+async def test_ingest_span_names_the_event_ids_a_delivery_span_is_found_by(
+    traced: Traced,
+) -> None:
+    ingest = await _ingest_span(traced)
+    delivery = await traced.collector.wait_for(
+        "webhook delivery", lambda s: s.attributes.get("gateway.webhook.id") == traced.webhook_id
+    )
+    assert delivery.attributes["gateway.event.id"] in ingest.attributes["gateway.event.ids"]
 
 
 async def test_spans_carry_the_service_name_from_the_sdk_environment(traced: Traced) -> None:

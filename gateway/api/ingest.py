@@ -36,6 +36,8 @@ KEPT_PREFIX_BYTES = 64 * 1024
 # Past the limit the rest of a body of no declared length is read (and dropped) to
 # count its size, up to this many times the limit; beyond, the count is a lower bound.
 _COUNTED_LIMITS = 16
+# The most stored event ids an ingest span names.
+TRACED_IDS = 100
 # The status a refused event of a readable request is kept with: what it alone would
 # have been answered.
 _REFUSED_EVENT_STATUS = 422
@@ -161,6 +163,8 @@ async def _ingest(request: Request) -> Response:
             "gateway.events.stored": result.stored,
             "gateway.events.duplicates": result.duplicates,
             "gateway.events.refused": len(refusals),
+            # What a delivery's span is found by (its gateway.event.id); bounded.
+            "gateway.event.ids": list(result.ids[:TRACED_IDS]),
         }
     )
     # Events the database refused, once the writer reports them one by one, join
