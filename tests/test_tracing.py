@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -103,6 +104,7 @@ class Traced:
     token: str
     webhook_id: int
     event_ids: list[str]
+    base_url: str
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +162,11 @@ async def traced(
                     while not await _attempted(api, webhook["id"]):
                         await asyncio.sleep(0.05)
                 yield Traced(
-                    collector, account.ingest_tokens["brevo"], int(webhook["id"]), event_ids
+                    collector,
+                    account.ingest_tokens["brevo"],
+                    int(webhook["id"]),
+                    event_ids,
+                    gateway.base_url,
                 )
 
 
@@ -248,6 +254,21 @@ async def test_no_span_name_or_attribute_holds_the_ingest_token(traced: Traced) 
         assert traced.token not in span.name
         for value in [*span.attributes.values(), *span.resource.values()]:
             assert traced.token not in str(value), span
+
+
+async def test_refused_ingest_is_traced_with_its_status_and_without_the_token(
+    traced: Traced,
+) -> None:
+    wrong = "not-a-token-" + "7" * 24
+    async with httpx.AsyncClient(base_url=traced.base_url) as client:
+        answer = await client.post(f"/ingest/brevo/{wrong}", json=[brevo_event()])
+    assert answer.status_code == 404
+    span = await traced.collector.wait_for(
+        "POST /ingest/{provider}/{token}",
+        lambda s: s.attributes.get("http.response.status_code") == 404,
+    )
+    assert span.attributes["gateway.provider"] == "brevo"
+    assert all(wrong not in str(value) for value in span.attributes.values())
 
 
 def test_endpoint_that_is_not_an_http_url_is_refused() -> None:
