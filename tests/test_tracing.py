@@ -340,3 +340,33 @@ async def test_without_an_endpoint_opentelemetry_is_never_imported(
     report = json.loads(finished.stdout.strip().splitlines()[-1])
     assert report["status"] == 200 and report["body"]["stored"] == 1, report
     assert report["loaded"] == []
+
+
+_WITHOUT_OPENTELEMETRY = """
+import asyncio, sys
+
+sys.modules["opentelemetry"] = None  # as if the [otel] extra were not installed
+
+from gateway.settings import Settings
+from gateway.tracing import tracing
+
+
+async def main() -> None:
+    settings = Settings(_env_file=None, otel_exporter_otlp_endpoint="http://127.0.0.1:4318")
+    async with tracing(settings):
+        pass
+
+
+asyncio.run(main())
+"""
+
+
+def test_endpoint_without_the_otel_extra_stops_start_up_naming_the_extra() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_WITHOUT_OPENTELEMETRY)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode != 0
+    assert 'pip install "email-event-gateway[otel]"' in finished.stderr
