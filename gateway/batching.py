@@ -12,12 +12,19 @@ import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from gateway import tracing
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Link
+
+    _Pending = tuple[T, asyncio.Future[R], int, Link | None]
 
 
 class Batcher(Generic[T, R]):
@@ -49,7 +56,8 @@ class Batcher(Generic[T, R]):
         self._weight = weight or (lambda _item: 1)
         self._then = then
         self._concurrency = max(1, concurrency)
-        self._pending: collections.deque[tuple[T, asyncio.Future[R], int]] = collections.deque()
+        # Each item with its caller's future, weight and span (a link when tracing).
+        self._pending: collections.deque[_Pending[T, R]] = collections.deque()
         self._pending_weight = 0
         self._running: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -60,7 +68,7 @@ class Batcher(Generic[T, R]):
             self._task = asyncio.create_task(self._loop(), name=self._name)
         done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         weight = self._weight(item)
-        self._pending.append((item, done, weight))
+        self._pending.append((item, done, weight, tracing.current_link()))
         self._pending_weight += weight
         self._wake.set()
         return await done
@@ -98,17 +106,23 @@ class Batcher(Generic[T, R]):
         self._running.discard(task)
         self._wake.set()
 
-    async def _run_batch(self, batch: list[tuple[T, asyncio.Future[R], int]]) -> None:
-        items = [item for item, _, _ in batch]
+    async def _run_batch(self, batch: list[_Pending[T, R]]) -> None:
+        items = [item for item, *_ in batch]
+        # A batch is nobody's child (its task was started by whoever came first): a span
+        # of its own, linked to the callers' spans.
+        links = [link for *_, link in batch if link is not None]
         try:
-            results = await self._run(items)
+            with tracing.span(
+                f"{self._name} batch", {"gateway.batch.size": len(items)}, root=True, links=links
+            ):
+                results = await self._run(items)
         except Exception as exc:
             log.exception("%s: a batch of %d failed", self._name, len(items))
-            for _, done, _ in batch:
+            for _, done, *_ in batch:
                 if not done.done():
                     done.set_exception(exc)
             return
-        for (_, done, _), result in zip(batch, results, strict=True):
+        for (_, done, *_), result in zip(batch, results, strict=True):
             if not done.done():
                 done.set_result(result)
         if self._then is not None:

@@ -36,6 +36,7 @@ from gateway.services.rejections import RejectedPayloads
 from gateway.services.webhooks import DeliveryQueue, WebhookService
 from gateway.settings import Settings
 from gateway.storage.db import is_sqlite, make_engine, migrate, schema_state
+from gateway.tracing import traced_outbox, tracing
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,13 @@ def make_http_client(
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Start everything a gateway process needs; stop it on exit."""
+    # Tracing outlives the services: what they do while stopping is traced too.
+    async with tracing(settings), _open_services(settings) as services:
+        yield services
+
+
+@contextlib.asynccontextmanager
+async def _open_services(settings: Settings) -> AsyncIterator[Services]:
     embedded: EmbeddedRedis | None = None
     if settings.embedded_database or settings.embedded_redis:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +181,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         queue_pool = await create_pool(RedisSettings.from_dsn(redis_url))
         queue = DeliveryQueue(queue_pool)
         webhooks = WebhookService(engine, ids, queue, settings)
-        writer.add_hooks(in_transaction=webhooks.write_outbox, work_in=webhooks.outbox_work_table)
+        writer.add_hooks(
+            in_transaction=traced_outbox(webhooks.write_outbox),
+            work_in=webhooks.outbox_work_table,
+        )
         http = make_http_client(settings)
         events = EventQueries(
             read_engine,

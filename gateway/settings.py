@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     worker_metrics_port: int = 0
     worker_metrics_host: str = "127.0.0.1"
 
+    # Tracing (optional, the ``[otel]`` extra): spans go to this OTLP/HTTP endpoint's
+    # /v1/traces. Unset, OpenTelemetry is not even imported. The SDK reads its other
+    # settings (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS, OTEL_BSP_*, …) itself.
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
     @field_validator("retry_schedule")
     @classmethod
     def _schedule_is_numbers(cls, value: str) -> str:
@@ -103,6 +110,15 @@ class Settings(BaseSettings):
             raise ValueError("GATEWAY_RETRY_SCHEDULE must be comma-separated seconds") from exc
         if any(delay < 0 for delay in delays):
             raise ValueError("GATEWAY_RETRY_SCHEDULE must not hold negative delays")
+        return value
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _endpoint_is_http(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # set but empty: off, as the SDK reads it
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL")
         return value
 
     @cached_property

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway import tracing
 from gateway.api.responses import JSON, UNAVAILABLE, answered, basic_credentials, error
 from gateway.domain.events import NormalizedEvent, Provider
 from gateway.domain.jsontext import json_bytes
@@ -37,6 +38,8 @@ KEPT_PREFIX_BYTES = 64 * 1024
 # Past the limit the rest of a body of no declared length is read (and dropped) to
 # count its size, up to this many times the limit; beyond, the count is a lower bound.
 _COUNTED_LIMITS = 16
+# The most stored event ids an ingest span names.
+TRACED_IDS = 100
 # The status a refused event of a readable request is kept with: what it alone would
 # have been answered.
 _REFUSED_EVENT_STATUS = 422
@@ -76,12 +79,23 @@ async def _read_body(request: Request, limit: int) -> _Body:
     return _Body(bytes(held), size)
 
 
-@answered
 async def ingest(request: Request) -> Response:
+    # The route's template names the span, never the path: the path holds the token.
+    route = INGEST_EVENT_ROUTE if "event" in request.path_params else INGEST_ROUTE
+    with tracing.span(f"{request.method} {route}", {"http.route": route}, kind="server"):
+        response = await _ingest(request)
+        tracing.annotate({"http.response.status_code": response.status_code})
+        return response
+
+
+@answered
+async def _ingest(request: Request) -> Response:
     services: Services = request.app.state.services
     provider = provider_named(request.path_params["provider"])
     if provider is None:
         return error(404, f"unknown provider {request.path_params['provider']!r}")
+    # Named once known: whatever else stands in the path may be a misplaced token.
+    tracing.annotate({"gateway.provider": provider.value.lower()})
     route_event: str | None = request.path_params.get("event")
     if provider is Provider.JANGOMAIL:
         if route_event is None:
@@ -149,6 +163,16 @@ async def ingest(request: Request) -> Response:
     # Events the store could not hold (a value the database refuses) are kept and
     # answered like the events the adapter refused.
     refusals += _unstored(provider, events, refusals, result, body.data)
+    tracing.annotate(
+        {
+            "gateway.events.read": len(events),
+            "gateway.events.stored": result.stored,
+            "gateway.events.duplicates": result.duplicates,
+            "gateway.events.refused": len(refusals),
+            # What a delivery's span is found by (its gateway.event.id); bounded.
+            "gateway.event.ids": list(result.ids[:TRACED_IDS]),
+        }
+    )
     await services.rejections.keep(call, refusals)
     if refusals:
         log.info("kept %d refused %s events of source %s", len(refusals), provider.value, source.id)
@@ -236,7 +260,9 @@ async def _refuse_whole(
     return error(problem.status, storable(problem.message))
 
 
+INGEST_ROUTE = "/ingest/{provider}/{token}"
+INGEST_EVENT_ROUTE = "/ingest/{provider}/{token}/{event}"
 routes = [
-    Route("/ingest/{provider}/{token}", ingest, methods=["GET", "POST"]),
-    Route("/ingest/{provider}/{token}/{event}", ingest, methods=["GET", "POST"]),
+    Route(INGEST_ROUTE, ingest, methods=["GET", "POST"]),
+    Route(INGEST_EVENT_ROUTE, ingest, methods=["GET", "POST"]),
 ]

@@ -19,6 +19,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 from yarl import URL
 
+from gateway import tracing
 from gateway.batching import Batcher
 from gateway.delivery import signing
 from gateway.delivery.answers import describe_error, read_excerpt
@@ -128,6 +129,14 @@ class DeliverySender:
         await self._results.close()
 
     async def attempt(self, delivery_id: int) -> Outcome:
+        with tracing.span("webhook delivery", {"gateway.delivery.id": delivery_id}, kind="client"):
+            outcome = await self._attempt(delivery_id)
+            # None: nothing was done (not due, held by another worker, or deleted).
+            status = "skipped" if outcome.status is None else outcome.status.value.lower()
+            tracing.annotate({"gateway.delivery.outcome": status})
+            return outcome
+
+    async def _attempt(self, delivery_id: int) -> Outcome:
         claimed = await self._claims.submit(delivery_id)
         if claimed is None or claimed.webhook is None:
             return Outcome(None)  # not due, held by another worker, or deleted
@@ -143,6 +152,15 @@ class DeliverySender:
                 )
             return Outcome(DeliveryStatus.HELD)
         called = await self._call(delivery, webhook, event)
+        tracing.annotate(
+            {
+                "gateway.webhook.id": webhook.id,
+                "gateway.webhook.format": webhook.format.value,
+                "gateway.event.id": delivery.event_id,
+                "gateway.attempt.number": called.attempt.number,
+                "http.response.status_code": called.attempt.status_code,
+            }
+        )
         status, retry_in = await self._results.submit(called)
         self._metrics.delivery_attempted(
             webhook.format.value, status.value, called.attempt.duration_ms / 1000
