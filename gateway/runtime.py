@@ -24,9 +24,11 @@ from gateway.live import LiveEvents, LiveHub
 from gateway.live.attempts import attempt_publisher
 from gateway.metrics import Metrics
 from gateway.services.accounts import AccountService
+from gateway.services.deliveries import DeliveryService
 from gateway.services.events import EventQueries
 from gateway.services.ingest import IngestWriter, RejectedPayloads
-from gateway.services.webhooks import DeliveryQueue, WebhookService
+from gateway.services.outbox import DeliveryQueue, Outbox
+from gateway.services.webhooks import WebhookService
 from gateway.settings import Settings
 from gateway.storage.db import is_sqlite, make_engine, migrate, schema_state
 
@@ -48,7 +50,9 @@ class Services:
     rejections: RejectedPayloads
     metrics: Metrics
     queue: DeliveryQueue
+    outbox: Outbox
     webhooks: WebhookService
+    deliveries: DeliveryService
     http: httpx.AsyncClient
     sender: DeliverySender
     live: LiveHub
@@ -132,8 +136,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         queue_pool = await create_pool(RedisSettings.from_dsn(redis_url))
         queue = DeliveryQueue(queue_pool)
-        webhooks = WebhookService(engine, ids, queue, settings)
-        writer.add_hooks(in_transaction=webhooks.write_outbox, work_in=webhooks.outbox_work_table)
+        outbox = Outbox(engine, ids, queue)
+        writer.add_hooks(in_transaction=outbox.write_outbox, work_in=outbox.work_table)
         http = make_http_client(settings)
         metrics = Metrics()
         events = EventQueries(engine, max_page_size=settings.max_page_size)
@@ -152,7 +156,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             rejections=RejectedPayloads(engine, ids, writer),
             metrics=metrics,
             queue=queue,
-            webhooks=webhooks,
+            outbox=outbox,
+            webhooks=WebhookService(engine, ids, queue, settings),
+            deliveries=DeliveryService(engine, ids, queue),
             http=http,
             sender=DeliverySender(engine, ids, http, settings, on_attempt=attempt_publisher(live)),
             live=live,

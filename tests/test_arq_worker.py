@@ -1,119 +1,101 @@
-"""The gateway's arq worker claims jobs a poll at a time in one script and clears
-finished jobs in shared transactions: arq's rules must still hold on a real Redis
-(every job once, never one another worker holds, never one before it is due, retries
-run again)."""
+"""Delivery jobs on arq's public API: jobs are arq's own (its serializer, its expiry),
+and the database, not the queue, decides what is sent: a duplicated, stale or
+needless job sends nothing twice, and a changed delivery never waits for an old job."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
-import pytest
-from arq import Retry, create_pool
-from arq.connections import ArqRedis, RedisSettings
-from arq.constants import in_progress_key_prefix, job_key_prefix
-from arq.worker import func
+import httpx
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.jobs import Job, JobStatus
+from starlette.responses import Response
 
-from gateway.worker import GatewayWorker
-from tests.conftest import redis_database
+from gateway.services.accounts import CreatedAccount
+from gateway.services.outbox import DELIVER_JOB
+from tests.conftest import Gateway
+from tests.receiver import Receiver
+from tests.support import brevo_event, gql, ingest_brevo
+from tests.test_webhooks import create_webhook, settled
 
-QUEUE = "test:gateway-worker"
-
-
-@pytest.fixture
-async def pool(redis_url: str) -> AsyncIterator[ArqRedis]:
-    url = redis_database(redis_url, 3)
-    pool = await create_pool(RedisSettings.from_dsn(url), default_queue_name=QUEUE)
-    await pool.flushdb()
-    yield pool
-    await pool.flushdb()
-    await pool.aclose()
+REDELIVER = "mutation($id: ID!) { redeliver(deliveryId: $id) { id status } }"
 
 
-@contextlib.asynccontextmanager
-async def running(pool: ArqRedis, ran: Counter[str], **options: Any) -> AsyncIterator[None]:
-    async def job(ctx: dict[str, Any], name: str) -> None:
-        ran[name] += 1
-        if name.startswith("retry") and ctx["job_try"] < 3:
-            raise Retry(defer=0.01)
+async def finished(gateway: Gateway, *job_ids: str, timeout: float = 15) -> None:
+    """Wait until arq has run (and let go of) every one of these jobs."""
+    deadline = time.monotonic() + timeout
+    for job_id in job_ids:
+        job = Job(job_id, gateway.services.redis)
+        while await job.status() is not JobStatus.not_found:
+            assert time.monotonic() < deadline, f"job {job_id} still {await job.status()}"
+            await asyncio.sleep(0.05)
 
-    settings: dict[str, Any] = {"max_jobs": 5, "poll_delay": 0.01, **options}
-    worker = GatewayWorker(
-        functions=[func(job, name="job", max_tries=5)],
-        redis_pool=pool,
-        queue_name=QUEUE,
-        keep_result=0,
-        handle_signals=False,
-        **settings,
-    )
-    task = asyncio.create_task(worker.async_run())
+
+async def test_a_job_is_arqs_own_record_with_its_web_hook_as_argument(
+    gateway: Gateway, api: httpx.AsyncClient
+) -> None:
+    # A web hook with nothing due: its job runs and sends nothing.
+    webhook, _ = await create_webhook(api, url="http://127.0.0.1:9/x", events=["DELIVERED"])
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await gateway.services.queue.deliver_at(int(webhook["id"]), later)
+    step_ms = -(-int(later.timestamp() * 1000) // 100) * 100
+    job = Job(f"deliver:{webhook['id']}:at:{step_ms}", gateway.services.redis)
+    assert await job.status() is JobStatus.deferred
+    info = await job.info()
+    assert info is not None
+    assert (info.function, info.args) == (DELIVER_JOB, (int(webhook["id"]),))
+    assert info.score == step_ms
+
+
+async def test_a_retry_due_at_the_same_time_is_one_deferred_job(
+    gateway: Gateway, api: httpx.AsyncClient
+) -> None:
+    webhook, _ = await create_webhook(api, url="http://127.0.0.1:9/x", events=["DELIVERED"])
+    when = datetime.now(UTC) + timedelta(hours=2)
+    for _ in range(3):
+        await gateway.services.queue.deliver_at(int(webhook["id"]), when)
+    await gateway.services.queue.deliver_at(int(webhook["id"]), when + timedelta(seconds=1))
+    pool = await create_pool(RedisSettings.from_dsn(gateway.services.redis_url))
     try:
-        yield
+        jobs = [job for job in await pool.queued_jobs() if job.args == (int(webhook["id"]),)]
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
+        await pool.aclose()
+    assert len(jobs) == 2
 
 
-async def until(predicate: Any, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
+async def test_duplicated_and_stale_jobs_send_nothing_twice(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    endpoint = receiver.endpoint()
+    webhook, _ = await create_webhook(api, url=endpoint.url, events=["DELIVERED"])
+    await ingest_brevo(gateway, account, brevo_event())
+    [delivery] = await settled(api, webhook["id"], 1, {"SUCCEEDED"})
+    tokens = [f"again-{n}" for n in range(5)]
+    await gateway.services.queue.deliver_now({int(webhook["id"]): token for token in tokens[:1]})
+    for token in tokens[1:]:
+        await gateway.services.queue.deliver_now({int(webhook["id"]): token})
+    await finished(gateway, *(f"deliver:{webhook['id']}:{token}" for token in tokens))
+    assert len(endpoint.calls) == 1
+    [again] = await settled(api, webhook["id"], 1, {"SUCCEEDED"})
+    assert len(again["attempts"]) == 1 and again["id"] == delivery["id"]
 
 
-async def test_every_job_runs_once_and_leaves_nothing_behind(pool: ArqRedis) -> None:
-    ran: Counter[str] = Counter()
-    names = [f"j{i}" for i in range(60)]
-    for name in names:
-        await pool.enqueue_job("job", name, _job_id=name)
-    async with running(pool, ran):
-        await until(lambda: sum(ran.values()) >= len(names))
-        await asyncio.sleep(0.2)
-        assert await pool.zcard(QUEUE) == 0
-    assert ran == Counter(names)
-    assert await pool.keys(job_key_prefix + "*") == []
-    assert await pool.keys(in_progress_key_prefix + "*") == []
-
-
-async def test_one_poll_runs_more_jobs_than_slots_as_slots_free_up(pool: ArqRedis) -> None:
-    # As arq's own worker: a poll goes through all the ids it read, waiting for free
-    # slots, instead of leaving what did not fit at once for the next poll.
-    ran: Counter[str] = Counter()
-    names = [f"p{i}" for i in range(12)]
-    for name in names:
-        await pool.enqueue_job("job", name, _job_id=name)
-    # One poll in the test's time: the next would come 60 s later.
-    async with running(pool, ran, poll_delay=60, queue_read_limit=20):
-        await until(lambda: sum(ran.values()) >= len(names), limit=5.0)
-    assert ran == Counter(names)
-
-
-async def test_a_job_another_worker_holds_or_not_yet_due_waits(pool: ArqRedis) -> None:
-    ran: Counter[str] = Counter()
-    await pool.enqueue_job("job", "held", _job_id="held")
-    await pool.enqueue_job("job", "later", _job_id="later", _defer_by=1.0)
-    await pool.enqueue_job("job", "free", _job_id="free")
-    await pool.psetex(in_progress_key_prefix + "held", 60_000, b"1")
-    async with running(pool, ran):
-        await until(lambda: ran["free"] == 1)
-        await asyncio.sleep(0.3)
-        assert ran["held"] == 0 and ran["later"] == 0
-        await pool.delete(in_progress_key_prefix + "held")  # the other worker let go
-        await until(lambda: ran["held"] == 1 and ran["later"] == 1)
-    assert ran == Counter({"free": 1, "held": 1, "later": 1})
-
-
-async def test_a_retried_job_runs_again_until_it_succeeds(pool: ArqRedis) -> None:
-    ran: Counter[str] = Counter()
-    await pool.enqueue_job("job", "retry-me", _job_id="retry-me")
-    async with running(pool, ran):
-        await until(lambda: ran["retry-me"] == 3)
-        await asyncio.sleep(0.2)
-        assert await pool.zcard(QUEUE) == 0
-    assert ran["retry-me"] == 3
+async def test_redeliver_of_a_retrying_delivery_sends_at_once(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    answers = iter(
+        [Response("later", status_code=503, headers={"retry-after": "3600"}), Response("ok")]
+    )
+    endpoint = receiver.endpoint(lambda _r: next(answers))
+    webhook, _ = await create_webhook(api, url=endpoint.url, events=["DELIVERED"])
+    await ingest_brevo(gateway, account, brevo_event())
+    [retrying] = await settled(api, webhook["id"], 1, {"RETRYING"})
+    started = time.monotonic()
+    again = await gql(api, REDELIVER, id=retrying["id"])
+    assert again["redeliver"]["status"] == "PENDING"
+    [done] = await settled(api, webhook["id"], 1, {"SUCCEEDED"}, timeout=10)
+    assert time.monotonic() - started < 5
+    assert [a["statusCode"] for a in done["attempts"]] == [503, 200]
