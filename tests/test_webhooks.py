@@ -18,6 +18,7 @@ import pytest
 from starlette.responses import Response
 
 from gateway.domain.events import EventType
+from gateway.domain.webhooks import next_retry_delay
 from gateway.runtime import NODE_SEQUENCE_KEY
 from gateway.services.accounts import CreatedAccount, InputError
 from gateway.services.webhooks import WebhookChanges, WebhookService
@@ -557,3 +558,13 @@ async def test_a_webhook_deleted_mid_call_does_not_lose_other_results(
     [delivery] = await settled(api, kept["id"], 1, {"SUCCEEDED"})
     assert len(delivery["attempts"]) == 1
     assert len(kept_endpoint.calls) == 1  # its result was logged, not lost and sent again
+
+
+def test_retry_waits_are_never_shorter_than_the_schedule_and_up_to_a_tenth_longer() -> None:
+    schedule = (5.0, 300.0)
+    assert next_retry_delay(1, schedule, None, spread=lambda: 0.0) == 5.0
+    assert next_retry_delay(2, schedule, None, spread=lambda: 1.0) == pytest.approx(330.0)
+    assert next_retry_delay(1, schedule, 60.0, spread=lambda: 0.5) == pytest.approx(63.0)
+    assert next_retry_delay(3, schedule, None) is None
+    waits = {next_retry_delay(1, schedule, None) for _ in range(20)}
+    assert len(waits) > 1 and all(5.0 <= wait <= 5.5 for wait in waits if wait is not None)

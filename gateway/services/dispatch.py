@@ -7,10 +7,11 @@ ends, it queues one for the web hook's next due time (its retries), so no delive
 waits on a job that is gone.
 
 Calls in flight to one web hook are capped twice: by its share of the worker (the
-process's ``GATEWAY_DELIVERY_CONCURRENCY`` over the web hooks with work in hand), and
-by a limit that adapts (AIMD): halved on each failed call, down to one for an endpoint
-that fails every call, one more on each success. The deliveries of one message go out
-in the order their events occurred, one after the other; other messages do not wait.
+process's ``GATEWAY_DELIVERY_CONCURRENCY`` over the web hooks with work in hand, and
+never more than half of it), and by a limit that adapts (AIMD): halved on each failed
+call, down to one for an endpoint that fails every call, one more on each success.
+The deliveries of one message (to one recipient) go out in the order their events
+occurred, one after the other; other messages do not wait.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ class _Drain:
     limit: EndpointLimit
     ready: collections.deque[store.DueDelivery] = field(default_factory=collections.deque)
     # Deliveries waiting for an earlier one of their message (in ready or running).
-    behind: dict[str, collections.deque[store.DueDelivery]] = field(default_factory=dict)
+    behind: dict[tuple[str, str], collections.deque[store.DueDelivery]] = field(
+        default_factory=dict
+    )
     running: dict[int, tuple[store.DueDelivery, asyncio.Task[None]]] = field(default_factory=dict)
     skipped: set[int] = field(default_factory=set)  # claimed elsewhere meanwhile
     progress: asyncio.Event = field(default_factory=asyncio.Event)
@@ -136,6 +139,9 @@ class Dispatcher:
         self._drains: dict[int, _Drain] = {}
         self._limits: dict[int, EndpointLimit] = {}
         self._page = concurrency * 2
+        # No endpoint ever holds more than half the worker: calls already in flight to
+        # a slow one cannot be taken back when another web hook's work arrives.
+        self._endpoint_ceiling = max(1, math.ceil(concurrency / 2))
 
     async def deliver(self, webhook_id: int) -> int:
         """The job: send the web hook's due deliveries; returns how many calls."""
@@ -145,7 +151,7 @@ class Dispatcher:
             running.again = True
             running.progress.set()
             return 0
-        limit = self._limits.setdefault(webhook_id, EndpointLimit(self._concurrency))
+        limit = self._limits.setdefault(webhook_id, EndpointLimit(self._endpoint_ceiling))
         drain = _Drain(webhook_id, limit)
         self._drains[webhook_id] = drain
         try:

@@ -124,7 +124,11 @@ class WebhookService:
                 if any(getattr(current, name) != getattr(seen, name) for name in _CHECKED):
                     continue  # changed meanwhile: check the result again
                 values = _changed_values(current, wanted, changes)
-                enable = not current.enabled and ("url" in values or "parameters" in values)
+                new_target = "url" in values or "parameters" in values
+                if new_target:
+                    # The old target's failures say nothing of the new one.
+                    values["consecutive_failures"] = 0
+                enable = not current.enabled and new_target
                 released = await self._write(connection, current, values, enable=enable)
                 updated = await store.get_webhook(connection, webhook_id=webhook_id)
             if released:

@@ -67,7 +67,9 @@ class DueDelivery:
     """A due delivery, with what orders it among its message's others."""
 
     id: int
-    message_key: str | None  # the event's message id; None: no order to keep
+    # The event's message and recipient (one message may go to many); None: no
+    # message id (or a test event), no order to keep.
+    message_key: tuple[str, str] | None
     occurred_at: datetime | None
 
 
@@ -83,7 +85,7 @@ async def due_of_webhook(
     the caller already has in hand)."""
     d, e = deliveries_table.c, events_table.c
     query = (
-        select(d.id, e.message_id, e.occurred_at)
+        select(d.id, e.message_id, e.email, e.occurred_at)
         .select_from(deliveries_table.outerjoin(events_table, e.id == d.event_id))
         .where(d.webhook_id == webhook_id, *_due(now))
         .order_by(d.next_attempt_at, d.id)
@@ -92,7 +94,12 @@ async def due_of_webhook(
     if leave_out:
         query = query.where(d.id.not_in(list(leave_out)))
     result = await connection.execute(query)
-    return [DueDelivery(row[0], row[1], row[2]) for row in result]
+    return [
+        DueDelivery(
+            row.id, None if row.message_id is None else (row.message_id, row.email), row.occurred_at
+        )
+        for row in result
+    ]
 
 
 async def next_due(
