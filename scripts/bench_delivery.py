@@ -7,7 +7,9 @@ From one run on this machine:
 - beside the ceilings at the same concurrency: a bare asyncio loop posting the same bodies
   with one httpx.AsyncClient (httpx's own pool, and the aiohttp transport the gateway
   uses), a bare aiohttp loop, and arq's no-op job rate with the worker's settings;
-- ingest-to-receiver latency p50/p99 at light load (one event every 20 ms).
+- ingest-to-receiver latency p50/p99 at light load (one event every 20 ms);
+- the same throughput while another web hook's endpoint answers only after 2 s, beside
+  the rate alone: a slow endpoint must not take the worker.
 
 Only 127.0.0.1; every loop is bounded in count and time.
 """
@@ -45,16 +47,21 @@ def free_port() -> int:
 # -- the receiver (its own process) ---------------------------------------------------
 
 
+SLOW_SECONDS = 2.0
+
+
 def run_receiver(port: int) -> None:
-    """Answer 200 to everything; note when each event arrived against when it was sent
-    (the sender's time travels in the event's subject)."""
+    """Answer 200 to everything (on /slow after SLOW_SECONDS); note when each event
+    arrived against when it was sent (the sender's time travels in the event's
+    subject)."""
     latencies: list[float] = []
-    count = 0
+    counts: dict[str, int] = {}
 
     async def hook(request: web.Request) -> web.Response:
-        nonlocal count
         payload = await request.read()
-        count += 1
+        if request.path == "/slow":
+            await asyncio.sleep(SLOW_SECONDS)
+        counts[request.path] = counts.get(request.path, 0) + 1
         if request.path == "/hook":
             subject = json.loads(payload).get("subject") or ""
             if subject.startswith("t="):
@@ -62,11 +69,16 @@ def run_receiver(port: int) -> None:
         return web.Response(text="ok")
 
     async def stats(_request: web.Request) -> web.Response:
-        return web.json_response({"count": count, "latencies": latencies})
+        return web.json_response(
+            {
+                "count": counts.get("/hook", 0),
+                "slow": counts.get("/slow", 0),
+                "latencies": latencies,
+            }
+        )
 
     async def reset(_request: web.Request) -> web.Response:
-        nonlocal count
-        count = 0
+        counts.clear()
         latencies.clear()
         return web.Response(text="ok")
 
@@ -209,7 +221,9 @@ async def wait_until(predicate: Any, limit: float) -> bool:
     return False
 
 
-async def gateway_rates(receiver: str, total: int, light_seconds: float) -> dict[str, float]:
+async def gateway_rates(
+    receiver: str, total: int, light_seconds: float, slow_events: int
+) -> dict[str, float]:
     data_dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     port = free_port()
     env = {
@@ -242,16 +256,30 @@ async def gateway_rates(receiver: str, total: int, light_seconds: float) -> dict
             httpx.AsyncClient(base_url=base, timeout=60) as client,
             httpx.AsyncClient(base_url=receiver) as stats,
         ):
-            created = await client.post(
-                "/graphql",
-                headers={"authorization": f"Bearer {api_key}"},
-                json={
-                    "query": "mutation($u: String!) { createWebhook(input: {url: $u, "
-                    "events: [DELIVERED], format: GATEWAY, backfillDays: 0}) { secret } }",
-                    "variables": {"u": receiver + "/hook"},
-                },
-            )
-            assert "errors" not in created.json(), created.text
+
+            async def create_webhook(url: str, event_type: str) -> None:
+                created = await client.post(
+                    "/graphql",
+                    headers={"authorization": f"Bearer {api_key}"},
+                    json={
+                        "query": "mutation($u: String!) { createWebhook(input: {url: $u, "
+                        f"events: [{event_type}], format: GATEWAY, backfillDays: 0}}) "
+                        "{ secret } }",
+                        "variables": {"u": url},
+                    },
+                )
+                assert "errors" not in created.json(), created.text
+
+            async def ingest(events: list[dict[str, Any]]) -> None:
+                for offset in range(0, len(events), 500):
+                    response = await client.post(
+                        brevo_path,
+                        content=json.dumps(events[offset : offset + 500]),
+                        headers={"content-type": "application/json"},
+                    )
+                    response.raise_for_status()
+
+            await create_webhook(receiver + "/hook", "DELIVERED")
 
             async def received(count: int) -> bool:
                 return int((await stats.get("/stats")).json()["count"]) >= count
@@ -259,13 +287,7 @@ async def gateway_rates(receiver: str, total: int, light_seconds: float) -> dict
             # Throughput: ingest in arrays of 500 as fast as the gateway takes them.
             await stats.post("/reset")
             started = time.perf_counter()
-            for offset in range(0, total, 500):
-                response = await client.post(
-                    brevo_path,
-                    content=json.dumps(brevo_events(min(500, total - offset), stamp=False)),
-                    headers={"content-type": "application/json"},
-                )
-                response.raise_for_status()
+            await ingest(brevo_events(total, stamp=False))
             done = await wait_until(lambda: received(total), 120)
             elapsed = time.perf_counter() - started
             delivered = int((await stats.get("/stats")).json()["count"])
@@ -286,7 +308,22 @@ async def gateway_rates(receiver: str, total: int, light_seconds: float) -> dict
                 await asyncio.sleep(max(0.0, 0.02 - (time.monotonic() - tick)))
             await wait_until(lambda: received(sent), 30)
             latencies = sorted((await stats.get("/stats")).json()["latencies"])
+
+            # The same throughput beside a web hook whose endpoint answers after 2 s
+            # (its own events, posted first, keep it busy all along).
+            await create_webhook(receiver + "/slow", "OPENED")
+            await stats.post("/reset")
+            slow = [dict(e, event="opened") for e in brevo_events(slow_events, stamp=False)]
+            await ingest(slow)
+            started = time.perf_counter()
+            await ingest(brevo_events(total, stamp=False))
+            beside_slow_done = await wait_until(lambda: received(total), 120)
+            beside_slow = int((await stats.get("/stats")).json()["count"]) / (
+                time.perf_counter() - started
+            )
         return {
+            "beside_slow": beside_slow,
+            "beside_slow_complete": float(beside_slow_done),
             "throughput": throughput,
             "complete": float(done),
             "delivered": float(delivered),
@@ -316,6 +353,9 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=5000, help="events for the throughput run")
     parser.add_argument("--light-seconds", type=float, default=10.0)
     parser.add_argument(
+        "--slow-events", type=int, default=400, help="deliveries to the 2 s endpoint"
+    )
+    parser.add_argument(
         "--redis-url", default="redis://127.0.0.1:6379/14", help="for arq's no-op rate"
     )
     args = parser.parse_args()
@@ -340,7 +380,7 @@ async def main() -> None:
         except OSError as exc:
             print(f"arq no-op rate not measured: Redis at {args.redis_url}: {exc}")
             arq_rate = float("nan")
-        gateway = await gateway_rates(receiver_url, total, args.light_seconds)
+        gateway = await gateway_rates(receiver_url, total, args.light_seconds, args.slow_events)
     finally:
         receiver.terminate()
         receiver.wait(timeout=10)
@@ -386,6 +426,15 @@ async def main() -> None:
             "del/s",
             arq_rate,
             ">= 50%",
+        )
+    )
+    print(
+        row(
+            "same, beside an endpoint answering after 2 s",
+            gateway["beside_slow"],
+            "del/s",
+            gateway["throughput"],
+            ">= 80%",
         )
     )
     print(row("ingest -> receiver p50 at 50 events/s", gateway["p50_ms"], "ms", None, "<= 50 ms"))
