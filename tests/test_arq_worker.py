@@ -18,8 +18,10 @@ from arq.jobs import Job, JobDef, JobStatus
 from starlette.responses import Response
 
 from gateway.services.accounts import CreatedAccount
+from gateway.services.dispatch import EndpointLimit
 from gateway.services.outbox import DELIVER_JOB
 from gateway.storage import deliveries as delivery_store
+from gateway.storage import webhooks as webhook_store
 from gateway.storage.db import begin_write
 from tests.conftest import Gateway
 from tests.receiver import Received, Receiver
@@ -265,3 +267,40 @@ async def test_a_new_url_racing_a_workers_disable_strands_nothing(
     assert len({json.loads(c.body)["email"] for c in healthy.calls}) == sum(
         d["status"] == "SUCCEEDED" for d in found
     )
+
+
+def test_an_endpoint_limit_halves_to_one_on_failures_and_grows_back_on_success() -> None:
+    limit = EndpointLimit(25)
+    assert limit.has_room(share=50)
+    for _ in range(10):
+        limit.failed()
+    assert limit.limit == 1
+    limit.in_flight = 1
+    assert not limit.has_room(share=50)
+    for _ in range(30):
+        limit.succeeded()
+    assert limit.limit == 25
+    limit.in_flight = 10
+    assert not limit.has_room(share=10)  # its share of the worker caps it too
+
+
+async def test_a_held_delivery_of_an_enabled_webhook_is_sent_by_the_sweeper(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    endpoint = receiver.endpoint()
+    webhook, _ = await create_webhook(api, url=endpoint.url, events=["DELIVERED"])
+    webhook_id = int(webhook["id"])
+    async with begin_write(gateway.services.engine) as connection:
+        await delivery_store.count_calls(
+            connection, outcomes={webhook_id: [False]}, disable_after=1, now=datetime.now(UTC)
+        )
+    await ingest_brevo(gateway, account, brevo_event())
+    await settled(api, webhook["id"], 1, {"HELD"})
+    # Enabled without releasing what it held: what a hold written by a worker that
+    # saw the web hook disabled a moment before it was enabled would leave.
+    async with begin_write(gateway.services.engine) as connection:
+        await webhook_store.update_webhook(
+            connection, webhook_id=webhook_id, values={"enabled": True}
+        )
+    await endpoint.wait_for(1)
+    await settled(api, webhook["id"], 1, {"SUCCEEDED"})

@@ -172,6 +172,7 @@ class Dispatcher:
     async def _drain(self, drain: _Drain) -> None:
         deadline = time.monotonic() + self._drain_seconds
         more = True  # the last look may not have found everything due
+        found_none = False  # the last look found nothing due
         while True:
             if drain.again:
                 drain.again, more = False, True
@@ -186,6 +187,7 @@ class Dispatcher:
                         leave_out=in_hand | drain.skipped,
                     )
                 more = len(found) == self._page
+                found_none = not found
                 drain.add(found)
             if time.monotonic() >= deadline:
                 drain.drop_waiting()
@@ -204,10 +206,14 @@ class Dispatcher:
                 when = await store.next_due(
                     connection, webhook_id=drain.webhook_id, now=datetime.now(UTC)
                 )
-            when = _aware(when)
-            if when is not None and when <= datetime.now(UTC):
-                more = True
-                continue
+            when, now = _aware(when), datetime.now(UTC)
+            if when is not None and when <= now:
+                if not found_none:  # more fell due meanwhile: look again
+                    more = True
+                    continue
+                # Due, yet not found: one this drain could not claim (another worker's
+                # lease ran out, an attempt failed). A later job takes it.
+                when = now + timedelta(seconds=1)
             if when is not None:
                 await self._queue.deliver_at(drain.webhook_id, when)
             if not drain.again:  # nothing awaited since this was last read: no job lost
