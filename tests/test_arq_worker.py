@@ -304,3 +304,23 @@ async def test_a_held_delivery_of_an_enabled_webhook_is_sent_by_the_sweeper(
         )
     await endpoint.wait_for(1)
     await settled(api, webhook["id"], 1, {"SUCCEEDED"})
+
+
+async def test_a_new_url_sends_what_waits_for_a_retry_at_once(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    busy = receiver.endpoint(
+        lambda _r: Response("later", status_code=503, headers={"retry-after": "3600"})
+    )
+    healthy = receiver.endpoint()
+    webhook, _ = await create_webhook(api, url=busy.url, events=["DELIVERED"])
+    await ingest_brevo(gateway, account, brevo_event())
+    await settled(api, webhook["id"], 1, {"RETRYING"})
+    await gql(
+        api,
+        "mutation($id: ID!, $u: String!) { updateWebhook(id: $id, input: {url: $u}) { id } }",
+        id=webhook["id"],
+        u=healthy.url,
+    )
+    [done] = await settled(api, webhook["id"], 1, {"SUCCEEDED"}, timeout=10)
+    assert [a["statusCode"] for a in done["attempts"]] == [503, 200]

@@ -102,7 +102,8 @@ class WebhookService:
         self, account_id: int, webhook_id: int, changes: WebhookChanges
     ) -> WebhookConfig | None:
         """Change the fields given, and only those. A new URL or new parameters enable
-        a disabled web hook and send what it held (JangoMail's rule)."""
+        a disabled web hook and send what it held (JangoMail's rule), and what waits
+        for a retry, at once."""
         if changes.events is not None and not changes.events:
             raise InputError("events", "name at least one event type")
         for _ in range(5):
@@ -130,6 +131,11 @@ class WebhookService:
                     values["consecutive_failures"] = 0
                 enable = not current.enabled and new_target
                 released = await self._write(connection, current, values, enable=enable)
+                if new_target:
+                    # Retries were waiting out the old target's trouble: try the new one.
+                    released += await outbox.retry_now(
+                        connection, webhook_id=webhook_id, now=datetime.now(UTC)
+                    )
                 updated = await store.get_webhook(connection, webhook_id=webhook_id)
             if released:
                 await self._queue.deliver_now({webhook_id: self._ids.next_id()})

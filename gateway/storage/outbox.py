@@ -52,6 +52,19 @@ async def release_held(connection: AsyncConnection, *, webhook_id: int, now: dat
     return int(result.rowcount or 0)
 
 
+async def retry_now(connection: AsyncConnection, *, webhook_id: int, now: datetime) -> int:
+    """The web hook's deliveries waiting for a retry become due now; returns how many."""
+    result = await connection.execute(
+        update(deliveries_table)
+        .where(
+            deliveries_table.c.webhook_id == webhook_id,
+            deliveries_table.c.status == DeliveryStatus.RETRYING.value,
+        )
+        .values(next_attempt_at=now, updated_at=now)
+    )
+    return int(result.rowcount or 0)
+
+
 def _due(now: datetime) -> list[Any]:
     return [
         deliveries_table.c.status.in_(OPEN),
