@@ -13,6 +13,7 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -79,7 +80,7 @@ class DeliveryQueue:
 
 def delivery_row(
     webhook: WebhookConfig, event_id: int | None, now: datetime, delivery_id: int
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """An outbox row: due now, or held while its web hook is disabled."""
     return {
         "id": delivery_id,
@@ -94,15 +95,13 @@ def delivery_row(
     }
 
 
-def first_of_each_webhook(
-    rows: Sequence[Mapping[str, object]], ids: Sequence[int]
-) -> dict[int, int]:
+def first_of_each_webhook(rows: Sequence[Mapping[str, Any]], ids: Sequence[int]) -> dict[int, int]:
     """Web hook id -> the smallest of ``ids`` among its pending ``rows``: the token
     of its "deliver now" job."""
     inserted = set(ids)
     first: dict[int, int] = {}
     for row in rows:
-        delivery_id, webhook_id = int(str(row["id"])), int(str(row["webhook_id"]))
+        delivery_id, webhook_id = row["id"], row["webhook_id"]
         if delivery_id in inserted and row["status"] == DeliveryStatus.PENDING.value:
             first[webhook_id] = min(first.get(webhook_id, delivery_id), delivery_id)
     return first
@@ -140,7 +139,7 @@ class Outbox:
 
     def _rows(
         self, webhooks: Sequence[WebhookConfig], stored: Sequence[StoredEvent]
-    ) -> list[dict[str, object]]:
+    ) -> list[dict[str, Any]]:
         now = datetime.now(UTC)
         return [
             delivery_row(webhook, stored_event.id, now, self._ids.next_id())
