@@ -28,12 +28,14 @@ from gateway.live import LiveEvents, LiveHub
 from gateway.live.attempts import attempt_publisher
 from gateway.metrics import Metrics
 from gateway.services.accounts import AccountService
+from gateway.services.deliveries import DeliveryService
 from gateway.services.events import EventQueries
 from gateway.services.health import QueueWatch, register_gauges
 from gateway.services.ingest import IngestWriter
 from gateway.services.nodes import NodeLease
+from gateway.services.outbox import DeliveryQueue, Outbox
 from gateway.services.rejections import RejectedPayloads
-from gateway.services.webhooks import DeliveryQueue, WebhookService
+from gateway.services.webhooks import WebhookService
 from gateway.settings import Settings
 from gateway.storage.db import is_sqlite, make_engine, migrate, schema_state
 from gateway.tracing import traced_outbox, tracing
@@ -55,7 +57,9 @@ class Services:
     rejections: RejectedPayloads
     metrics: Metrics
     queue: DeliveryQueue
+    outbox: Outbox
     webhooks: WebhookService
+    deliveries: DeliveryService
     http: httpx.AsyncClient
     sender: DeliverySender
     live: LiveHub
@@ -180,10 +184,9 @@ async def _open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         queue_pool = await create_pool(RedisSettings.from_dsn(redis_url))
         queue = DeliveryQueue(queue_pool)
-        webhooks = WebhookService(engine, ids, queue, settings)
+        outbox = Outbox(engine, ids, queue)
         writer.add_hooks(
-            in_transaction=traced_outbox(webhooks.write_outbox),
-            work_in=webhooks.outbox_work_table,
+            in_transaction=traced_outbox(outbox.write_outbox), work_in=outbox.work_table
         )
         http = make_http_client(settings)
         events = EventQueries(
@@ -215,7 +218,9 @@ async def _open_services(settings: Settings) -> AsyncIterator[Services]:
             rejections=RejectedPayloads(engine, ids, writer),
             metrics=metrics,
             queue=queue,
-            webhooks=webhooks,
+            outbox=outbox,
+            webhooks=WebhookService(engine, ids, queue, settings),
+            deliveries=DeliveryService(engine, ids, queue),
             http=http,
             sender=DeliverySender(
                 engine, ids, http, settings, on_attempt=attempt_publisher(live), metrics=metrics

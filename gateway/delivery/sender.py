@@ -38,8 +38,8 @@ from gateway.domain.webhooks import (
 from gateway.ids import IdGenerator
 from gateway.metrics import Metrics
 from gateway.settings import Settings
+from gateway.storage import deliveries as store
 from gateway.storage import events as event_store
-from gateway.storage import webhooks as store
 from gateway.storage.db import begin_write
 
 log = logging.getLogger(__name__)
@@ -333,16 +333,6 @@ class DeliverySender:
                 )
             await store.finish_attempts(connection, finished=finished)
         return settled
-
-    async def sweep(
-        self, enqueue: Callable[[list[int]], Awaitable[None]], limit: int = 1000
-    ) -> int:
-        """Re-enqueue due deliveries no worker holds: what a lost Redis forgot."""
-        async with self._engine.connect() as connection:
-            due = await store.due_deliveries(connection, now=datetime.now(UTC), limit=limit)
-        if due:
-            await enqueue(due)
-        return len(due)
 
 
 def _settle(called: _Called, disabled: set[int]) -> tuple[DeliveryStatus, float | None]:

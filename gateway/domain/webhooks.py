@@ -4,7 +4,8 @@ of retrying and disabling. No I/O."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -101,20 +102,29 @@ def is_success(response_status: int, fmt: WebhookFormat) -> bool:
     return 200 <= response_status < 300
 
 
+# Retries wait up to this fraction longer than the schedule says, at random: the
+# deliveries that failed together (an endpoint down) do not all come back at once.
+RETRY_JITTER = 0.1
+
+
 def next_retry_delay(
-    attempts_made: int, schedule: Sequence[float], retry_after: float | None
+    attempts_made: int,
+    schedule: Sequence[float],
+    retry_after: float | None,
+    spread: Callable[[], float] = random.random,
 ) -> float | None:
     """Seconds to wait before the next attempt, or None when the schedule is spent.
 
     ``attempts_made`` counts the failed attempt just made. A receiver's Retry-After is
-    honoured when it asks for longer than the schedule would wait.
+    honoured when it asks for longer than the schedule would wait. The wait is never
+    shorter than either; ``spread`` (0 to 1) adds up to ``RETRY_JITTER`` of it.
     """
     if attempts_made > len(schedule):
         return None
     delay = schedule[attempts_made - 1]
     if retry_after is not None:
         delay = max(delay, min(retry_after, 86_400.0))
-    return delay
+    return delay * (1 + RETRY_JITTER * spread())
 
 
 def sample_event(at: datetime) -> NormalizedEvent:

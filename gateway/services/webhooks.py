@@ -1,52 +1,40 @@
-"""Web hooks: configuration, the transactional outbox, backfill, redelivery.
+"""Web hooks: their configuration, and the changes that act on their deliveries.
 
-Deliveries are written in the transaction that stores their events (so an event is
-never stored without what it owes), then enqueued after commit with the delivery id as
-the arq job id (so enqueuing twice runs once).
+A change is made in one transaction with the web hook's row locked, so that a worker
+disabling it meanwhile waits (or went first): enabling it, or giving it a new URL or
+parameters, always releases what it held, and the jobs for those go out at once. The
+outbox is in ``services.outbox``; the log of calls and redelivery in
+``services.deliveries``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
-from arq.connections import ArqRedis
-from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, result_key_prefix
-from arq.jobs import serialize_job
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.delivery import render, signing
 from gateway.delivery.safety import UnsafeTarget, check_target
 from gateway.domain.events import EventType
-from gateway.domain.query import EventFilter, StoredEvent
-from gateway.domain.webhooks import (
-    AttemptRecord,
-    DeliveryRecord,
-    DeliveryStatus,
-    HttpMethod,
-    WebhookConfig,
-    WebhookFormat,
-    backfill_start,
-    sample_event,
-)
+from gateway.domain.webhooks import HttpMethod, WebhookConfig, WebhookFormat
 from gateway.ids import IdGenerator
 from gateway.services.accounts import InputError
+from gateway.services.outbox import DeliveryQueue
 from gateway.settings import Settings
-from gateway.storage import events as event_store
+from gateway.storage import outbox
 from gateway.storage import webhooks as store
 from gateway.storage.db import begin_write
 
 log = logging.getLogger(__name__)
 
-DELIVER_JOB = "deliver"
-BACKFILL_JOB = "backfill"
-BACKFILL_PAGE = 500
 MAX_BACKFILL_DAYS = 30
-
-Enqueue = Callable[[Sequence[int]], Awaitable[None]]
+# What _checked judges: when another change of these lands between the check and the
+# write, the check is made again.
+_CHECKED = ("url", "method", "format", "parameters")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,63 +50,6 @@ class WebhookChanges:
     templates: Sequence[str] | None = None
     secret: str | None = None
     backfill_days: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryView:
-    """A delivery with its attempts and the event it carries."""
-
-    record: DeliveryRecord
-    attempts: list[AttemptRecord]
-    event: StoredEvent
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryPage:
-    deliveries: list[DeliveryView]
-    has_next_page: bool
-
-
-# arq's enqueue_job, for many jobs in one round trip: a job whose id is queued, running
-# or kept is not enqueued again (arq checks the same two keys, one job at a time with
-# WATCH/MULTI: ~1.4 ms a job here, paid by the ingest writer).
-_ENQUEUE_MANY = """
-local queued = 0
-for i = 1, #KEYS, 2 do
-  if redis.call('EXISTS', KEYS[i], KEYS[i + 1]) == 0 then
-    redis.call('PSETEX', KEYS[i], ARGV[1], ARGV[(i + 1) / 2 + 4])
-    redis.call('ZADD', ARGV[2], ARGV[3], string.sub(KEYS[i], ARGV[4] + 1))
-    queued = queued + 1
-  end
-end
-return queued
-"""
-
-
-class DeliveryQueue:
-    """The arq queue of deliveries: job id = delivery id."""
-
-    def __init__(self, pool: ArqRedis) -> None:
-        self._pool = pool
-        self._enqueue_many = pool.register_script(_ENQUEUE_MANY)
-
-    async def enqueue(self, delivery_ids: Sequence[int]) -> None:
-        """Queue ``deliver(id)`` for each id, in chunks of one Redis call each."""
-        for start in range(0, len(delivery_ids), 500):
-            chunk = delivery_ids[start : start + 500]
-            now_ms = int(time.time() * 1000)
-            keys: list[str] = []
-            jobs: list[bytes] = []
-            for delivery_id in chunk:
-                keys += [job_key_prefix + str(delivery_id), result_key_prefix + str(delivery_id)]
-                jobs.append(serialize_job(DELIVER_JOB, (delivery_id,), {}, None, now_ms))
-            await self._enqueue_many(
-                keys=keys,
-                args=[expires_extra_ms, default_queue_name, now_ms, len(job_key_prefix), *jobs],
-            )
-
-    async def enqueue_backfill(self, webhook_id: int) -> None:
-        await self._pool.enqueue_job(BACKFILL_JOB, webhook_id, _job_id=f"backfill:{webhook_id}")
 
 
 class WebhookService:
@@ -170,60 +101,84 @@ class WebhookService:
     async def update(
         self, account_id: int, webhook_id: int, changes: WebhookChanges
     ) -> WebhookConfig | None:
-        """Apply the given fields. A new URL or parameters re-enable a disabled web hook
-        and send what it held (JangoMail's rule)."""
-        async with self._engine.connect() as connection:
-            current = await store.get_webhook(
-                connection, webhook_id=webhook_id, account_id=account_id
-            )
-        if current is None:
-            return None
+        """Change the fields given, and only those. A new URL or new parameters enable
+        a disabled web hook and send what it held (JangoMail's rule), and what waits
+        for a retry, at once."""
         if changes.events is not None and not changes.events:
             raise InputError("events", "name at least one event type")
-        updated = await self._checked(
-            replace(
-                current,
-                url=current.url if changes.url is None else changes.url,
-                method=changes.method or current.method,
-                events=current.events if changes.events is None else frozenset(changes.events),
-                format=changes.format or current.format,
-                parameters=current.parameters if changes.parameters is None else changes.parameters,
-                tags=current.tags if changes.tags is None else tuple(changes.tags),
-                templates=current.templates
-                if changes.templates is None
-                else tuple(changes.templates),
-                secret=changes.secret or current.secret,
-                backfill_days=current.backfill_days
-                if changes.backfill_days is None
-                else changes.backfill_days,
-                updated_at=datetime.now(UTC),
-            )
-        )
-        target_changed = (updated.url, updated.parameters) != (current.url, current.parameters)
-        if target_changed and not updated.enabled:
-            return await self._enable(updated)
-        async with begin_write(self._engine) as connection:
-            await store.save_webhook(connection, updated)
-        return updated
+        for _ in range(5):
+            async with self._engine.connect() as connection:
+                seen = await store.get_webhook(
+                    connection, webhook_id=webhook_id, account_id=account_id
+                )
+            if seen is None:
+                return None
+            # Checked outside the transaction: it may resolve a name (DNS).
+            wanted = await self._checked(_apply(seen, changes))
+            async with begin_write(self._engine) as connection:
+                await store.lock_account_webhooks(connection, account_id)
+                current = await store.lock_webhook(
+                    connection, webhook_id=webhook_id, account_id=account_id
+                )
+                if current is None:
+                    return None
+                if any(getattr(current, name) != getattr(seen, name) for name in _CHECKED):
+                    continue  # changed meanwhile: check the result again
+                values = _changed_values(current, wanted, changes)
+                new_target = "url" in values or "parameters" in values
+                if new_target:
+                    # The old target's failures say nothing of the new one.
+                    values["consecutive_failures"] = 0
+                enable = not current.enabled and new_target
+                released = await self._write(connection, current, values, enable=enable)
+                if new_target:
+                    # Retries were waiting out the old target's trouble: try the new one.
+                    released += await outbox.retry_now(
+                        connection, webhook_id=webhook_id, now=datetime.now(UTC)
+                    )
+                updated = await store.get_webhook(connection, webhook_id=webhook_id)
+            if released:
+                await self._queue.deliver_now({webhook_id: self._ids.next_id()})
+            return updated
+        raise InputError("id", "the web hook is being changed by someone else; try again")
 
     async def enable(self, account_id: int, webhook_id: int) -> WebhookConfig | None:
-        async with self._engine.connect() as connection:
-            current = await store.get_webhook(
+        """Enable the web hook (enabled or not) and send what it held, at once."""
+        async with begin_write(self._engine) as connection:
+            await store.lock_account_webhooks(connection, account_id)
+            current = await store.lock_webhook(
                 connection, webhook_id=webhook_id, account_id=account_id
             )
-        return None if current is None else await self._enable(current)
+            if current is None:
+                return None
+            released = await self._write(connection, current, {}, enable=True)
+            updated = await store.get_webhook(connection, webhook_id=webhook_id)
+        if released:
+            await self._queue.deliver_now({webhook_id: self._ids.next_id()})
+        return updated
 
-    async def _enable(self, config: WebhookConfig) -> WebhookConfig:
+    async def _write(
+        self,
+        connection: AsyncConnection,
+        current: WebhookConfig,
+        values: dict[str, Any],
+        *,
+        enable: bool,
+    ) -> int:
+        """Write ``values`` to the locked web hook. Enabling it releases what it held,
+        under the account's web hook lock, so no group commit holds more meanwhile.
+        Returns how many deliveries were released."""
         now = datetime.now(UTC)
-        enabled = replace(
-            config, enabled=True, disabled_reason=None, consecutive_failures=0, updated_at=now
-        )
-        async with begin_write(self._engine) as connection:
-            await store.lock_account_webhooks(connection, config.account_id)
-            await store.save_webhook(connection, enabled)
-            released = await store.release_held(connection, webhook_id=config.id, now=now)
-        await self._queue.enqueue(released)
-        return enabled
+        if enable:
+            values = {**values, "enabled": True, "disabled_reason": None}
+            values["consecutive_failures"] = 0
+        if values:
+            await store.update_webhook(
+                connection, webhook_id=current.id, values={**values, "updated_at": now}
+            )
+        if not enable:
+            return 0
+        return await outbox.release_held(connection, webhook_id=current.id, now=now)
 
     async def delete(self, account_id: int, webhook_id: int) -> bool:
         async with begin_write(self._engine) as connection:
@@ -277,178 +232,45 @@ class WebhookService:
             ) from None
         return config
 
-    # -- the outbox ----------------------------------------------------------------
 
-    # write_outbox's work table (IngestWriter.add_hooks): it has work for the events
-    # of accounts with a web hook, enabled or not.
-    outbox_work_table = store.webhooks_table.name
+def _apply(current: WebhookConfig, changes: WebhookChanges) -> WebhookConfig:
+    """``current`` with the given fields changed."""
+    return replace(
+        current,
+        url=current.url if changes.url is None else changes.url,
+        method=changes.method or current.method,
+        events=current.events if changes.events is None else frozenset(changes.events),
+        format=changes.format or current.format,
+        parameters=current.parameters if changes.parameters is None else changes.parameters,
+        tags=current.tags if changes.tags is None else tuple(changes.tags),
+        templates=current.templates if changes.templates is None else tuple(changes.templates),
+        secret=changes.secret or current.secret,
+        backfill_days=current.backfill_days
+        if changes.backfill_days is None
+        else changes.backfill_days,
+    )
 
-    async def write_outbox(
-        self, connection: AsyncConnection, stored: Sequence[StoredEvent]
-    ) -> Callable[[], Awaitable[None]] | None:
-        """In the ingest transaction: one delivery per (matching web hook, event).
-        Returns what to do after commit (enqueue them)."""
-        accounts = sorted({event.account_id for event in stored})
-        webhooks = await store.list_webhooks(connection, account_ids=accounts)
-        if not webhooks:
-            return None
-        rows = self._delivery_rows(webhooks, stored)
-        ids = await store.insert_deliveries(connection, rows=rows)
-        pending = {row["id"] for row in rows if row["status"] == DeliveryStatus.PENDING.value}
-        due = [delivery_id for delivery_id in ids if delivery_id in pending]
 
-        async def enqueue() -> None:
-            await self._queue.enqueue(due)
+def _changed_values(
+    current: WebhookConfig, wanted: WebhookConfig, changes: WebhookChanges
+) -> dict[str, Any]:
+    """The columns to write: the fields given that differ from the stored ones, and
+    the parameters when a new format resolved them anew."""
+    given = {name for name in _FIELDS if getattr(changes, name) is not None}
+    new, old = store.webhook_values(wanted), store.webhook_values(current)
+    if wanted.parameters != current.parameters:
+        given.add("parameters")
+    return {name: new[name] for name in sorted(given) if new[name] != old[name]}
 
-        return enqueue if due else None
 
-    def _delivery_rows(
-        self, webhooks: Sequence[WebhookConfig], stored: Sequence[StoredEvent]
-    ) -> list[dict[str, object]]:
-        now = datetime.now(UTC)
-        return [
-            self._delivery_row(webhook, stored_event.id, now)
-            for stored_event in stored
-            for webhook in webhooks
-            if webhook.account_id == stored_event.account_id and webhook.wants(stored_event.event)
-        ]
-
-    def _delivery_row(
-        self, webhook: WebhookConfig, event_id: int | None, now: datetime
-    ) -> dict[str, object]:
-        """An outbox row: due now, or held while its web hook is disabled."""
-        return {
-            "id": self._ids.next_id(),
-            "account_id": webhook.account_id,
-            "webhook_id": webhook.id,
-            "event_id": event_id,
-            "status": (DeliveryStatus.PENDING if webhook.enabled else DeliveryStatus.HELD).value,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-        }
-
-    async def backfill(self, webhook_id: int) -> int:
-        """Deliveries for the matching events of the web hook's last ``backfillDays``,
-        oldest first; safe to run again (one delivery per web hook and event)."""
-        async with self._engine.connect() as connection:
-            webhook = await store.get_webhook(connection, webhook_id=webhook_id)
-        if webhook is None or webhook.backfill_days <= 0:
-            return 0
-        where = EventFilter(
-            tags=webhook.tags,
-            types=webhook.events,
-            start=backfill_start(webhook.created_at, webhook.backfill_days),
-        )
-        after_id = 0
-        created = 0
-        while True:
-            async with begin_write(self._engine) as connection:
-                page = await event_store.find_events(
-                    connection,
-                    account_id=webhook.account_id,
-                    where=where,
-                    limit=BACKFILL_PAGE,
-                    after_id=after_id,
-                    oldest_first=True,
-                )
-                if not page:
-                    return created
-                after_id = page[-1].id
-                rows = self._delivery_rows([webhook], page)
-                ids = await store.insert_deliveries(connection, rows=rows)
-            created += len(ids)
-            if webhook.enabled:
-                await self._queue.enqueue(ids)
-
-    # -- deliveries ----------------------------------------------------------------
-
-    async def deliveries(
-        self,
-        account_id: int,
-        webhook_id: int,
-        *,
-        status: DeliveryStatus | None,
-        first: int,
-        before_id: int | None,
-    ) -> DeliveryPage:
-        async with self._engine.connect() as connection:
-            found = await store.list_deliveries(
-                connection,
-                account_id=account_id,
-                webhook_id=webhook_id,
-                status=status,
-                limit=first + 1,
-                before_id=before_id,
-            )
-            views = await self._views(connection, account_id, found[:first])
-        return DeliveryPage(views, len(found) > first)
-
-    async def delivery(self, account_id: int, delivery_id: int) -> DeliveryView | None:
-        async with self._engine.connect() as connection:
-            record = await store.get_delivery(
-                connection, delivery_id=delivery_id, account_id=account_id
-            )
-            if record is None:
-                return None
-            [view] = await self._views(connection, account_id, [record])
-        return view
-
-    async def _views(
-        self, connection: AsyncConnection, account_id: int, records: Sequence[DeliveryRecord]
-    ) -> list[DeliveryView]:
-        """Attempts and events for a page of deliveries: two queries, not 2 per row."""
-        attempts = await store.attempts_for(connection, delivery_ids=[r.id for r in records])
-        events = {
-            stored.id: stored
-            for stored in await event_store.get_events(
-                connection,
-                account_id=account_id,
-                ids=[r.event_id for r in records if r.event_id is not None],
-            )
-        }
-        views = []
-        for record in records:
-            stored = events.get(record.event_id) if record.event_id is not None else None
-            if stored is None:
-                # A test delivery carries the fixed sample event.
-                stored = StoredEvent(
-                    0, account_id, record.created_at, sample_event(record.created_at)
-                )
-            views.append(DeliveryView(record, attempts[record.id], stored))
-        return views
-
-    async def redeliver(self, account_id: int, delivery_id: int) -> DeliveryView | None:
-        """Send a delivery again, whatever became of it (a final one gets new attempts)."""
-        now = datetime.now(UTC)
-        async with begin_write(self._engine) as connection:
-            record = await store.get_delivery(
-                connection, delivery_id=delivery_id, account_id=account_id
-            )
-            if record is None:
-                return None
-            await store.set_delivery_status(
-                connection,
-                delivery_id=delivery_id,
-                status=DeliveryStatus.PENDING,
-                now=now,
-                next_attempt_at=now,
-            )
-        await self._queue.enqueue([delivery_id])
-        return await self.delivery(account_id, delivery_id)
-
-    async def send_test(self, account_id: int, webhook_id: int) -> DeliveryView | None:
-        """A delivery of a fixed sample event (not stored as traffic)."""
-        async with begin_write(self._engine) as connection:
-            webhook = await store.get_webhook(
-                connection, webhook_id=webhook_id, account_id=account_id
-            )
-            if webhook is None:
-                return None
-            # Like any delivery, held while the web hook is disabled.
-            row = self._delivery_row(webhook, None, datetime.now(UTC))
-            await store.insert_deliveries(connection, rows=[row])
-        delivery_id = int(str(row["id"]))
-        await self._queue.enqueue([delivery_id])
-        return await self.delivery(account_id, delivery_id)
+_FIELDS = (
+    "url",
+    "method",
+    "events",
+    "format",
+    "parameters",
+    "tags",
+    "templates",
+    "secret",
+    "backfill_days",
+)

@@ -157,6 +157,8 @@ class Delivery(SQLModel, table=True):
         UniqueConstraint("webhook_id", "event_id", name="uq_deliveries_webhook_event"),
         Index("ix_deliveries_webhook", "webhook_id", "id"),
         Index("ix_deliveries_due", "status", "next_attempt_at"),
+        # A web hook's due deliveries in order (storage.outbox.due_of_webhook).
+        Index("ix_deliveries_webhook_due", "webhook_id", "status", "next_attempt_at"),
     )
     id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     account_id: int = Field(sa_type=BigInteger)

@@ -18,8 +18,9 @@ from gateway.domain.webhooks import (
     WebhookFormat,
 )
 from gateway.services.accounts import InputError
+from gateway.services.deliveries import DeliveryView
 from gateway.services.events import decode_cursor, encode_cursor
-from gateway.services.webhooks import DeliveryView, WebhookChanges
+from gateway.services.webhooks import WebhookChanges
 
 strawberry.enum(WebhookFormat)
 strawberry.enum(HttpMethod)
@@ -123,7 +124,7 @@ class Webhook:
             before_id = decode_cursor(after, kind="delivery") if after else None
         except InputError as error:
             raise user_error(error) from None
-        page = await context.services.webhooks.deliveries(
+        page = await context.services.deliveries.deliveries(
             context.account_id, int(self.id), status=status, first=size, before_id=before_id
         )
         edges = [
@@ -267,7 +268,7 @@ class WebhookMutation:
         self, info: Info[Context, None], delivery_id: strawberry.ID
     ) -> Delivery | None:
         context = authorized(info)
-        view = await context.services.webhooks.redeliver(
+        view = await context.services.deliveries.redeliver(
             context.account_id, object_id(delivery_id, "deliveryId")
         )
         return None if view is None else Delivery.from_view(view)
@@ -277,7 +278,7 @@ class WebhookMutation:
         self, info: Info[Context, None], webhook_id: strawberry.ID
     ) -> Delivery | None:
         context = authorized(info)
-        view = await context.services.webhooks.send_test(
+        view = await context.services.deliveries.send_test(
             context.account_id, object_id(webhook_id, "webhookId")
         )
         return None if view is None else Delivery.from_view(view)
