@@ -114,7 +114,7 @@ async def test_doctor_reports_deliveries_waiting_with_no_worker_to_send_them(
             account.account_id,
             WebhookChanges(url="http://127.0.0.1:9/hook", events=[EventType.DELIVERED]),
         )
-        await services.webhooks.send_test(account.account_id, webhook.id)
+        await services.deliveries.send_test(account.account_id, webhook.id)
 
     queue = by_check(await diagnose(settings, max_lag_seconds=0))["queue"]
 

@@ -34,7 +34,7 @@ async def test_a_due_delivery_with_no_worker_shows_as_due_and_lagging(
             account.account_id,
             WebhookChanges(url="http://127.0.0.1:9/hook", events=[EventType.DELIVERED]),
         )
-        await services.webhooks.send_test(account.account_id, webhook.id)
+        await services.deliveries.send_test(account.account_id, webhook.id)
 
         health = await QueueWatch(services.engine, cache_seconds=0).read()
 
@@ -57,7 +57,7 @@ async def test_scrapes_within_the_cache_time_read_the_database_once(
             account.account_id,
             WebhookChanges(url="http://127.0.0.1:9/hook", events=[EventType.DELIVERED]),
         )
-        await services.webhooks.send_test(account.account_id, webhook.id)
+        await services.deliveries.send_test(account.account_id, webhook.id)
 
         again = await watch.read()
         fresh = await QueueWatch(services.engine, cache_seconds=0).read()
