@@ -8,62 +8,36 @@ runs in a thread (``in_browser``) so that the gateway keeps answering meanwhile.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
 from starlette.responses import Response
 
 from gateway.services.accounts import CreatedAccount
-from tests.conftest import Gateway, need
+from tests.browser import SCREENSHOTS, chromium, in_browser, waiting
+from tests.conftest import Gateway
 from tests.receiver import Receiver
 from tests.support import brevo_event, ingest_brevo
 from tests.test_webhooks import create_webhook, settled
-
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-WAIT_SECONDS = 20
-
-T = TypeVar("T")
 
 on_sqlite = pytest.mark.parametrize("gateway", ["sqlite"], indirect=True)
 
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[WebDriver]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        need("chromium", "apt-get install chromium chromium-driver (.ci/run does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1400,2000")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    SCREENSHOTS.mkdir(exist_ok=True)
-    yield driver
-    driver.quit()
+    yield from chromium(
+        "--window-size=1400,2000", capabilities={"goog:loggingPrefs": {"browser": "ALL"}}
+    )
 
 
-async def in_browser(step: Callable[..., T], *args: Any) -> T:
-    return await asyncio.to_thread(step, *args)
-
-
-def wait(driver: WebDriver) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, WAIT_SECONDS)
+wait = waiting(20)
 
 
 def signed_out(driver: WebDriver, base_url: str) -> None:

@@ -8,63 +8,33 @@ runs in a thread (``in_browser``). Screenshots go to screenshots/ for people to 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
 
 from gateway.services.accounts import CreatedAccount
-from tests.conftest import Gateway, need
+from tests.browser import SCREENSHOTS, chromium, in_browser, waiting
+from tests.conftest import Gateway
 from tests.support import brevo_event, ingest_brevo
 from tests.test_subscriptions import subscribed
-
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-WAIT_SECONDS = 30
-
-T = TypeVar("T")
 
 on_sqlite = pytest.mark.parametrize("gateway", ["sqlite"], indirect=True)
 
 
 @pytest.fixture(scope="module")
 def offline_browser() -> Iterator[WebDriver]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        need("chromium", "apt-get install chromium chromium-driver (.ci/run does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
+    yield from chromium(
         "--window-size=1400,1000",
         # No internet: no host but the gateway's resolves.
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    SCREENSHOTS.mkdir(exist_ok=True)
-    yield driver
-    driver.quit()
+    )
 
 
-async def in_browser(step: Callable[..., T], *args: Any) -> T:
-    return await asyncio.to_thread(step, *args)
-
-
-def wait(driver: WebDriver) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, WAIT_SECONDS)
+wait = waiting(30)
 
 
 # CodeMirror 5 (GraphiQL 3's editor) keeps its instance on its element.
