@@ -212,15 +212,20 @@ async def _open_services(settings: Settings) -> AsyncIterator[Services]:
                 ids,
                 cache_seconds=settings.source_cache_seconds,
                 cache_size=settings.cache_max_entries,
+                read_timeout=settings.query_timeout_seconds,
             ),
             events=events,
             writer=writer,
-            rejections=RejectedPayloads(engine, ids, writer),
+            rejections=RejectedPayloads(
+                engine, ids, writer, read_timeout=settings.query_timeout_seconds
+            ),
             metrics=metrics,
             queue=queue,
             outbox=outbox,
             webhooks=WebhookService(engine, ids, queue, settings),
-            deliveries=DeliveryService(engine, ids, queue),
+            deliveries=DeliveryService(
+                engine, ids, queue, read_timeout=settings.query_timeout_seconds
+            ),
             http=http,
             sender=DeliverySender(
                 engine, ids, http, settings, on_attempt=attempt_publisher(live), metrics=metrics

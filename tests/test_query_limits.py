@@ -11,7 +11,9 @@ import asyncpg
 import httpx
 import pytest
 
+from gateway.domain.events import Provider
 from gateway.services.accounts import CreatedAccount
+from gateway.services.rejections import IngestCall, Refusal
 from gateway.settings import async_database_url
 from gateway.storage.db import ReadTimeout, bounded_read, make_engine, migrate
 from tests.conftest import Gateway, redis_database, serve, settings_for
@@ -109,6 +111,27 @@ async def test_a_read_past_the_time_bound_is_stopped_with_a_query_timeout_error(
         finally:
             await connection.close()
         assert running == 0
+
+
+async def test_a_list_read_past_the_time_bound_is_a_query_timeout_error_too(
+    impatient: Gateway,
+) -> None:
+    """Not only event reads: rejectedPayloads (here 500 bodies of 60 KB, far more than
+    2 ms of reading) is stopped at the same bound and answered QUERY_TIMEOUT."""
+    account = await impatient.new_account()
+    [source] = [
+        s
+        for s in await impatient.services.accounts.list_sources(account.account_id)
+        if s.provider == "BREVO"
+    ]
+    call = IngestCall(account.account_id, source.id, Provider.BREVO, "POST", None, "", "")
+    await impatient.services.rejections.keep(
+        call, [Refusal(400, "unreadable", b"x" * 60_000) for _ in range(500)]
+    )
+    async with impatient.client(account.api_key) as api:
+        errors = await gql_errors(api, "{ rejectedPayloads(first: 500) { id body } }")
+    assert errors[0]["extensions"]["code"] == "QUERY_TIMEOUT"
+    assert "GATEWAY_QUERY_TIMEOUT_SECONDS" in errors[0]["message"]
 
 
 async def test_a_rest_read_past_the_time_bound_answers_503_naming_the_bound(

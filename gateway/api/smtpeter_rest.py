@@ -21,7 +21,7 @@ from gateway.domain.query import EventFilter
 from gateway.providers import smtpeter
 from gateway.runtime import Services
 from gateway.services.accounts import InputError
-from gateway.services.events import QueryTimeout
+from gateway.services.reads import QueryTimeout
 
 KINDS = ("messageid", "email", "template", "tags")
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.domain.events import Provider
 from gateway.ids import IdGenerator
 from gateway.providers import registry
+from gateway.services.reads import bounded
 from gateway.storage import accounts as store
 from gateway.storage.accounts import KeyRecord, SourceRecord
 from gateway.storage.db import begin_write
@@ -99,10 +100,17 @@ class AccountService:
     """Creates accounts and sources and answers "whose key/token is this?"."""
 
     def __init__(
-        self, engine: AsyncEngine, ids: IdGenerator, *, cache_seconds: float, cache_size: int
+        self,
+        engine: AsyncEngine,
+        ids: IdGenerator,
+        *,
+        cache_seconds: float,
+        cache_size: int,
+        read_timeout: float = 10.0,
     ) -> None:
         self._engine = engine
         self._ids = ids
+        self._read_timeout = read_timeout  # of the account's own lists (reads.bounded)
         # Each cache keeps at most ``cache_size`` entries, each for ``cache_seconds``:
         # misses are cached too (a provider retrying with a deleted token), so a stream
         # of made-up tokens must push out old entries, not grow the process.
@@ -183,7 +191,7 @@ class AccountService:
         return record, api_key
 
     async def list_api_keys(self, account_id: int) -> list[KeyRecord]:
-        async with self._engine.connect() as connection:
+        async with bounded(self._engine, self._read_timeout) as connection:
             return await store.list_api_keys(connection, account_id=account_id)
 
     async def revoke_api_key(self, account_id: int, key_id: int) -> bool:
@@ -276,7 +284,7 @@ class AccountService:
         return source, token
 
     async def list_sources(self, account_id: int) -> list[SourceRecord]:
-        async with self._engine.connect() as connection:
+        async with bounded(self._engine, self._read_timeout) as connection:
             return await store.list_sources(connection, account_id=account_id)
 
     async def update_source(

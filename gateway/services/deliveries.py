@@ -12,6 +12,7 @@ from gateway.domain.query import StoredEvent
 from gateway.domain.webhooks import AttemptRecord, DeliveryRecord, DeliveryStatus, sample_event
 from gateway.ids import IdGenerator
 from gateway.services.outbox import DeliveryQueue, delivery_row
+from gateway.services.reads import bounded
 from gateway.storage import deliveries as store
 from gateway.storage import events as event_store
 from gateway.storage import outbox
@@ -35,10 +36,18 @@ class DeliveryPage:
 
 
 class DeliveryService:
-    def __init__(self, engine: AsyncEngine, ids: IdGenerator, queue: DeliveryQueue) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        ids: IdGenerator,
+        queue: DeliveryQueue,
+        *,
+        read_timeout: float = 10.0,
+    ) -> None:
         self._engine = engine
         self._ids = ids
         self._queue = queue
+        self._read_timeout = read_timeout  # of callers' reads (reads.bounded)
 
     async def deliveries(
         self,
@@ -49,7 +58,7 @@ class DeliveryService:
         first: int,
         before_id: int | None,
     ) -> DeliveryPage:
-        async with self._engine.connect() as connection:
+        async with bounded(self._engine, self._read_timeout) as connection:
             found = await store.list_deliveries(
                 connection,
                 account_id=account_id,
@@ -62,7 +71,7 @@ class DeliveryService:
         return DeliveryPage(views, len(found) > first)
 
     async def delivery(self, account_id: int, delivery_id: int) -> DeliveryView | None:
-        async with self._engine.connect() as connection:
+        async with bounded(self._engine, self._read_timeout) as connection:
             record = await store.get_delivery(
                 connection, delivery_id=delivery_id, account_id=account_id
             )

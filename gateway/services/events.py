@@ -35,21 +35,9 @@ from gateway.domain.stats import (
     tally,
 )
 from gateway.services.accounts import InputError
+from gateway.services.reads import bounded
 from gateway.storage import event_counts
 from gateway.storage import events as event_store
-from gateway.storage.db import ReadTimeout, bounded_read
-
-
-class QueryTimeout(Exception):
-    """A read ran past GATEWAY_QUERY_TIMEOUT_SECONDS and was stopped."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(
-            f"the query ran past its time bound of {seconds:g} s "
-            "(GATEWAY_QUERY_TIMEOUT_SECONDS) and was stopped: narrow the filter"
-        )
-        self.seconds = seconds
-
 
 # eventStats counts at most this many events itself (a filter the rollup cannot answer,
 # or the part hours at the edges of a window that does not start and end on the hour).
@@ -113,11 +101,8 @@ class EventQueries:
     @contextlib.asynccontextmanager
     async def _reading(self, where: EventFilter) -> AsyncIterator[AsyncConnection]:
         self.check_filter(where)
-        try:
-            async with bounded_read(self._engine, self._timeout) as connection:
-                yield connection
-        except ReadTimeout:
-            raise QueryTimeout(self._timeout) from None
+        async with bounded(self._engine, self._timeout) as connection:
+            yield connection
 
     async def page(
         self, account_id: int, where: EventFilter, *, first: int, after: str | None

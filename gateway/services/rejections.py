@@ -22,6 +22,7 @@ from gateway.ids import IdGenerator
 from gateway.providers import jangomail
 from gateway.providers.base import IngestRequest, PayloadError
 from gateway.services.ingest import IngestResult, IngestWriter, parse_request
+from gateway.services.reads import bounded
 from gateway.storage import accounts as account_store
 from gateway.storage import rejections as rejection_store
 from gateway.storage.db import begin_write
@@ -108,10 +109,18 @@ class RejectedPayloads:
     quirk) and stores what it carries; dedupe keys make a second replay a no-op.
     """
 
-    def __init__(self, engine: AsyncEngine, ids: IdGenerator, writer: IngestWriter) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        ids: IdGenerator,
+        writer: IngestWriter,
+        *,
+        read_timeout: float = 10.0,
+    ) -> None:
         self._engine = engine
         self._ids = ids
         self._writer = writer
+        self._read_timeout = read_timeout  # of rejectedPayloads (reads.bounded)
 
     async def keep(self, call: IngestCall, refusals: Sequence[Refusal]) -> list[int]:
         """Keep ``refusals`` of one request, in one transaction; returns their ids."""
@@ -145,7 +154,7 @@ class RejectedPayloads:
     async def recent(
         self, account_id: int, *, limit: int, before_id: int | None = None
     ) -> list[dict[str, object]]:
-        async with self._engine.connect() as connection:
+        async with bounded(self._engine, self._read_timeout) as connection:
             return await rejection_store.list_rejected(
                 connection, account_id=account_id, limit=limit, before_id=before_id
             )

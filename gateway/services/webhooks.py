@@ -9,6 +9,7 @@ outbox is in ``services.outbox``; the log of calls and redelivery in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from gateway.domain.webhooks import HttpMethod, WebhookConfig, WebhookFormat
 from gateway.ids import IdGenerator
 from gateway.services.accounts import InputError
 from gateway.services.outbox import DeliveryQueue
+from gateway.services.reads import bounded
 from gateway.settings import Settings
 from gateway.storage import outbox
 from gateway.storage import webhooks as store
@@ -60,6 +62,10 @@ class WebhookService:
         self._ids = ids
         self._queue = queue
         self._settings = settings
+
+    def _reading(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for callers' reads, under GATEWAY_QUERY_TIMEOUT_SECONDS."""
+        return bounded(self._engine, self._settings.query_timeout_seconds)
 
     # -- configuration -------------------------------------------------------------
 
@@ -190,11 +196,11 @@ class WebhookService:
             )
 
     async def all(self, account_id: int) -> list[WebhookConfig]:
-        async with self._engine.connect() as connection:
+        async with self._reading() as connection:
             return await store.list_webhooks(connection, account_ids=[account_id])
 
     async def get(self, account_id: int, webhook_id: int) -> WebhookConfig | None:
-        async with self._engine.connect() as connection:
+        async with self._reading() as connection:
             return await store.get_webhook(connection, webhook_id=webhook_id, account_id=account_id)
 
     async def _checked(self, config: WebhookConfig) -> WebhookConfig:

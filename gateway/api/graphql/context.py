@@ -11,7 +11,7 @@ from strawberry.types import Info
 
 from gateway.runtime import Services
 from gateway.services.accounts import InputError
-from gateway.services.events import QueryTimeout
+from gateway.services.reads import QueryTimeout
 
 
 @dataclass

@@ -20,6 +20,7 @@ from strawberry.types import ExecutionContext
 from strawberry.types.graphql import OperationType
 
 from gateway.api.graphql.context import WebSocketContext
+from gateway.services.reads import QueryTimeout
 
 log = logging.getLogger("gateway.graphql")
 
@@ -51,10 +52,41 @@ class SubscriptionsOverWebsocketOnly(SchemaExtension):
         yield
 
 
+class QueryTimeouts(SchemaExtension):
+    """A read the database stopped at its time bound, whichever resolver ran it, is
+    answered QUERY_TIMEOUT with the bound (as Strawberry's MaskErrors rewrites errors:
+    after execution, before the answer is made)."""
+
+    def on_execute(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is None or not result.errors:
+            return
+        result.errors = [
+            _timed_out(error, error.original_error)
+            if isinstance(error.original_error, QueryTimeout)
+            else error
+            for error in result.errors
+        ]
+
+
+def _timed_out(error: GraphQLError, timeout: QueryTimeout) -> GraphQLError:
+    return GraphQLError(
+        str(timeout),
+        nodes=error.nodes,
+        path=error.path,
+        original_error=timeout,
+        extensions={"code": "QUERY_TIMEOUT", "timeoutSeconds": timeout.seconds},
+    )
+
+
 def is_client_error(error: GraphQLError) -> bool:
     """True for errors the caller caused: GraphQL's own (syntax, validation, variables:
-    no original error) and those our resolvers raise on purpose (GraphQLErrors)."""
-    return error.original_error is None or isinstance(error.original_error, GraphQLError)
+    no original error), those our resolvers raise on purpose (GraphQLErrors), and reads
+    too costly to finish within their bound."""
+    return error.original_error is None or isinstance(
+        error.original_error, GraphQLError | QueryTimeout
+    )
 
 
 def _one_line(error: GraphQLError, execution: ExecutionContext | None) -> str:

@@ -27,6 +27,7 @@ from gateway.api.graphql.context import (
 )
 from gateway.api.graphql.errors import (
     GatewaySchema,
+    QueryTimeouts,
     SubscriptionsOverWebsocketOnly,
     is_client_error,
 )
@@ -50,7 +51,7 @@ from gateway.api.graphql.types import (
 )
 from gateway.api.graphql.webhooks import WebhookMutation, WebhookQuery
 from gateway.services.accounts import InputError
-from gateway.services.events import QueryTimeout
+from gateway.services.reads import QueryTimeout
 from gateway.settings import Settings
 
 
@@ -235,6 +236,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         lambda: ValidationCache(maxsize=1000),
         lambda: MaskErrors(should_mask_error=_should_mask),
         SubscriptionsOverWebsocketOnly,
+        QueryTimeouts,
     ]
     return GatewaySchema(
         query=Query,

@@ -44,7 +44,7 @@ from gateway.domain.webhooks import AttemptRecord
 from gateway.live import GAP, LiveUnavailable, SubscriberOverflow
 from gateway.live.attempts import ATTEMPTS
 from gateway.services.accounts import InputError
-from gateway.services.events import QueryTimeout
+from gateway.services.reads import QueryTimeout
 
 SUBSCRIPTION_ONLY = (OperationType.SUBSCRIPTION,)
 
