@@ -250,8 +250,9 @@ async def gateway_rates(
         lines = [log_path.read_text()]
         text = "".join(lines)
         api_key = text.split("API key:", 1)[1].split()[0]
-        brevo_path = next(w for w in text.split() if w.startswith("/ingest/brevo/"))
         base = f"http://127.0.0.1:{port}"
+        # The banner prints each ingest URL in full.
+        brevo_path = next(w for w in text.split() if "/ingest/brevo/" in w).removeprefix(base)
         async with (
             httpx.AsyncClient(base_url=base, timeout=60) as client,
             httpx.AsyncClient(base_url=receiver) as stats,
