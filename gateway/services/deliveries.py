@@ -130,9 +130,10 @@ class DeliveryService:
         since: datetime,
         until: datetime | None,
         status: DeliveryStatus,
+        limit: int = RECOVER_LIMIT,
     ) -> int | None:
         """Send again, now, the web hook's deliveries in ``status`` created in [since,
-        until): at most RECOVER_LIMIT, oldest first. Returns how many (None: no such
+        until): at most ``limit``, oldest first. Returns how many (None: no such
         web hook). Each keeps its attempt count, as ``redeliver`` does: it gets one
         more attempt, and is FAILED again if that fails after its schedule was spent."""
         if until is not None and until <= since:
@@ -151,7 +152,7 @@ class DeliveryService:
                 since=since,
                 until=until,
                 now=now,
-                limit=RECOVER_LIMIT,
+                limit=limit,
             )
         if count:
             await self._queue.deliver_now({webhook_id: self._ids.next_id()})
