@@ -239,8 +239,14 @@ class DeliverySender:
                 if event is None:
                     raise LookupError("the event is no longer stored")
                 request = _as_sent(render_request(webhook, delivery.event_id or 0, event))
-                headers = signing.headers(
-                    webhook.secret, str(delivery.id), int(time.time()), request.signed_content
+                # The web hook's own headers first: none of them is one of ours
+                # (domain.webhooks.custom_headers refused those at configuration).
+                headers = dict(webhook.headers)
+                headers |= signing.headers(
+                    webhook.signing_secrets(now),
+                    str(delivery.id),
+                    int(now.timestamp()),
+                    request.signed_content,
                 )
                 headers["user-agent"] = "email-event-gateway"
                 # Nothing is decompressed beyond the excerpt; ask for none at all.

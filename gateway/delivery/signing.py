@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
@@ -40,9 +41,16 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     )
 
 
-def headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def headers(
+    signing_secrets: Sequence[str], message_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """The Standard Webhooks headers, signed with each of ``signing_secrets``: during a
+    rotation's grace period the signatures of both secrets, space-separated (the
+    standard's way; a receiver accepts the call if any of them verifies)."""
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, message_id, timestamp, body),
+        "webhook-signature": " ".join(
+            sign(secret, message_id, timestamp, body) for secret in signing_secrets
+        ),
     }

@@ -55,6 +55,22 @@ class WebhookConfig:
     backfill_days: int
     created_at: datetime
     updated_at: datetime
+    # (name, value) pairs sent on every call; names as given, checked by custom_headers.
+    headers: tuple[tuple[str, str], ...] = ()
+    # The secret before the last rotation, and until when it still signs.
+    previous_secret: str | None = None
+    previous_secret_until: datetime | None = None
+
+    def signing_secrets(self, now: datetime) -> tuple[str, ...]:
+        """The secrets a call made at ``now`` is signed with: the current one, and the
+        previous one during its grace period (receivers may still hold only that one)."""
+        if (
+            self.previous_secret is not None
+            and self.previous_secret_until is not None
+            and now < self.previous_secret_until
+        ):
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
 
     def wants(self, event: NormalizedEvent) -> bool:
         """Whether this web hook is owed ``event``: its type, all its tags, one of its
@@ -93,6 +109,74 @@ class AttemptRecord:
     error: str | None
     response_excerpt: str | None
     request_body: str = field(default="", repr=False)
+
+
+MAX_HEADERS = 20
+MAX_HEADER_NAME = 100
+MAX_HEADER_VALUE = 2048
+# Set by the gateway on every call, or hop-by-hop (they describe one connection, not
+# the request): a customer's value would break the call, its signature or the bounded
+# read of the answer.
+RESERVED_HEADERS = frozenset(
+    {
+        "accept-encoding",
+        "connection",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "expect",
+        "host",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "webhook-id",
+        "webhook-signature",
+        "webhook-timestamp",
+    }
+)
+# RFC 7230 token characters (section 3.2.6).
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def custom_headers(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """A web hook's own headers, checked: ValueError saying what is wrong.
+
+    Names are RFC 7230 tokens, each once (letter case aside), none of ours or
+    hop-by-hop. Values are printable ASCII (tabs allowed): no CR, LF or NUL can split
+    the request, and HTTP clients encode header values as ASCII. Surrounding
+    whitespace is not part of a value (RFC 7230) and is dropped.
+    """
+    if len(pairs) > MAX_HEADERS:
+        raise ValueError(f"at most {MAX_HEADERS} headers")
+    seen: set[str] = set()
+    checked = []
+    for name, value in pairs:
+        if not name or len(name) > MAX_HEADER_NAME or not set(name) <= _TOKEN:
+            raise ValueError(
+                f"{name!r} is not a header name (1 to {MAX_HEADER_NAME} letters, digits "
+                "or !#$%&'*+-.^_`|~)"
+            )
+        lowered = name.lower()
+        if lowered in RESERVED_HEADERS:
+            raise ValueError(f"{name!r} is set by the gateway or describes the connection")
+        if lowered in seen:
+            raise ValueError(f"{name!r} is given twice")
+        seen.add(lowered)
+        value = value.strip(" \t")
+        if len(value) > MAX_HEADER_VALUE:
+            raise ValueError(f"the value of {name!r} is over {MAX_HEADER_VALUE} characters")
+        if any(not (" " <= c <= "~" or c == "\t") for c in value):
+            raise ValueError(
+                f"the value of {name!r} holds a control or non-ASCII character (CR, LF, NUL, …)"
+            )
+        checked.append((name, value))
+    return tuple(checked)
 
 
 def is_success(response_status: int, fmt: WebhookFormat) -> bool:

@@ -1,4 +1,5 @@
-"""Deliveries as callers see them: the log of every call, redelivery, test events."""
+"""Deliveries as callers see them: the log of every call, redelivery (one, or a time
+window's), test events."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.domain.query import StoredEvent
 from gateway.domain.webhooks import AttemptRecord, DeliveryRecord, DeliveryStatus, sample_event
 from gateway.ids import IdGenerator
+from gateway.services.accounts import InputError
 from gateway.services.outbox import DeliveryQueue, delivery_row
 from gateway.services.reads import bounded
 from gateway.storage import deliveries as store
@@ -18,6 +20,11 @@ from gateway.storage import events as event_store
 from gateway.storage import outbox
 from gateway.storage import webhooks as webhook_store
 from gateway.storage.db import begin_write
+
+# Deliveries a recoverDeliveries call re-sends at most; a second call takes the rest
+# (what the first re-sent is no longer in the status asked for). Bounds the write
+# transaction and the burst one call puts on a receiver.
+RECOVER_LIMIT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +130,42 @@ class DeliveryService:
             )
         await self._queue.deliver_now({record.webhook_id: self._ids.next_id()})
         return await self.delivery(account_id, delivery_id)
+
+    async def recover(
+        self,
+        account_id: int,
+        webhook_id: int,
+        *,
+        since: datetime,
+        until: datetime | None,
+        status: DeliveryStatus,
+        limit: int = RECOVER_LIMIT,
+    ) -> int | None:
+        """Send again, now, the web hook's deliveries in ``status`` created in [since,
+        until): at most ``limit``, oldest first. Returns how many (None: no such
+        web hook). Each keeps its attempt count, as ``redeliver`` does: it gets one
+        more attempt, and is FAILED again if that fails after its schedule was spent."""
+        if until is not None and until <= since:
+            raise InputError("until", "must be after since")
+        now = datetime.now(UTC)
+        async with begin_write(self._engine) as connection:
+            webhook = await webhook_store.get_webhook(
+                connection, webhook_id=webhook_id, account_id=account_id
+            )
+            if webhook is None:
+                return None
+            count = await store.recover_deliveries(
+                connection,
+                webhook_id=webhook_id,
+                status=status,
+                since=since,
+                until=until,
+                now=now,
+                limit=limit,
+            )
+        if count:
+            await self._queue.deliver_now({webhook_id: self._ids.next_id()})
+        return count
 
     async def send_test(self, account_id: int, webhook_id: int) -> DeliveryView | None:
         """A delivery of a fixed sample event (not stored as traffic)."""

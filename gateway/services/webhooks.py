@@ -2,9 +2,9 @@
 
 A change is made in one transaction with the web hook's row locked, so that a worker
 disabling it meanwhile waits (or went first): enabling it, or giving it a new URL or
-parameters, always releases what it held, and the jobs for those go out at once. The
-outbox is in ``services.outbox``; the log of calls and redelivery in
-``services.deliveries``.
+parameters, always releases what it held, and the jobs for those go out at once.
+Rotating the secret keeps the previous one signing for a grace period. The outbox is
+in ``services.outbox``; the log of calls and redelivery in ``services.deliveries``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.delivery import render, signing
 from gateway.delivery.safety import UnsafeTarget, check_target
 from gateway.domain.events import EventType
-from gateway.domain.webhooks import HttpMethod, WebhookConfig, WebhookFormat
+from gateway.domain.webhooks import HttpMethod, WebhookConfig, WebhookFormat, custom_headers
 from gateway.ids import IdGenerator
 from gateway.services.accounts import InputError
 from gateway.services.outbox import DeliveryQueue
@@ -34,6 +34,8 @@ from gateway.storage.db import begin_write
 log = logging.getLogger(__name__)
 
 MAX_BACKFILL_DAYS = 30
+DEFAULT_GRACE_HOURS = 24.0
+MAX_GRACE_HOURS = 30 * 24.0
 # What _checked judges: when another change of these lands between the check and the
 # write, the check is made again.
 _CHECKED = ("url", "method", "format", "parameters")
@@ -52,6 +54,7 @@ class WebhookChanges:
     templates: Sequence[str] | None = None
     secret: str | None = None
     backfill_days: int | None = None
+    headers: Sequence[tuple[str, str]] | None = None
 
 
 class WebhookService:
@@ -95,6 +98,7 @@ class WebhookService:
                 backfill_days=7 if changes.backfill_days is None else changes.backfill_days,
                 created_at=now,
                 updated_at=now,
+                headers=tuple(changes.headers or ()),
             )
         )
         async with begin_write(self._engine) as connection:
@@ -131,6 +135,10 @@ class WebhookService:
                 if any(getattr(current, name) != getattr(seen, name) for name in _CHECKED):
                     continue  # changed meanwhile: check the result again
                 values = _changed_values(current, wanted, changes)
+                if "secret" in values:
+                    # A secret given outright replaces the current one at once: a
+                    # rotation's grace period (rotate_secret) ends with it.
+                    values |= {"previous_secret": None, "previous_secret_until": None}
                 new_target = "url" in values or "parameters" in values
                 if new_target:
                     # The old target's failures say nothing of the new one.
@@ -147,6 +155,35 @@ class WebhookService:
                 await self._queue.deliver_now({webhook_id: self._ids.next_id()})
             return updated
         raise InputError("id", "the web hook is being changed by someone else; try again")
+
+    async def rotate_secret(
+        self, account_id: int, webhook_id: int, grace_hours: float = DEFAULT_GRACE_HOURS
+    ) -> tuple[str, datetime | None] | None:
+        """A new signing secret (shown once), and until when the current one keeps
+        signing beside it (None: it stops at once). A secret older than the current one
+        stops signing now: only two ever sign."""
+        if not 0 <= grace_hours <= MAX_GRACE_HOURS:
+            raise InputError("graceHours", f"must be between 0 and {MAX_GRACE_HOURS:g}")
+        secret = signing.new_secret()
+        now = datetime.now(UTC)
+        until = now + timedelta(hours=grace_hours) if grace_hours > 0 else None
+        async with begin_write(self._engine) as connection:
+            current = await store.lock_webhook(
+                connection, webhook_id=webhook_id, account_id=account_id
+            )
+            if current is None:
+                return None
+            await store.update_webhook(
+                connection,
+                webhook_id=webhook_id,
+                values={
+                    "secret": secret,
+                    "previous_secret": None if until is None else current.secret,
+                    "previous_secret_until": until,
+                    "updated_at": now,
+                },
+            )
+        return secret, until
 
     async def enable(self, account_id: int, webhook_id: int) -> WebhookConfig | None:
         """Enable the web hook (enabled or not) and send what it held, at once."""
@@ -228,6 +265,10 @@ class WebhookService:
                     raise InputError("parameters", f"unknown field {field!r}")
                 resolved[known] = name.strip()
             config = replace(config, parameters=resolved)
+        try:
+            config = replace(config, headers=custom_headers(config.headers))
+        except ValueError as problem:
+            raise InputError("headers", str(problem)) from None
         if not 0 <= config.backfill_days <= MAX_BACKFILL_DAYS:
             raise InputError("backfillDays", f"must be between 0 and {MAX_BACKFILL_DAYS}")
         try:
@@ -254,6 +295,7 @@ def _apply(current: WebhookConfig, changes: WebhookChanges) -> WebhookConfig:
         backfill_days=current.backfill_days
         if changes.backfill_days is None
         else changes.backfill_days,
+        headers=current.headers if changes.headers is None else tuple(changes.headers),
     )
 
 
@@ -279,4 +321,5 @@ _FIELDS = (
     "templates",
     "secret",
     "backfill_days",
+    "headers",
 )

@@ -238,6 +238,42 @@ async def set_delivery_status(
     )
 
 
+async def recover_deliveries(
+    connection: AsyncConnection,
+    *,
+    webhook_id: int,
+    status: DeliveryStatus,
+    since: datetime,
+    until: datetime | None,
+    now: datetime,
+    limit: int,
+) -> int:
+    """Up to ``limit`` of the web hook's deliveries in ``status`` created in [since,
+    until) become due now (PENDING), oldest first; their attempt counts are kept.
+    Those a worker holds a lease on (being sent) are left alone. Returns how many."""
+    d = deliveries_table.c
+    chosen = (
+        select(d.id)
+        .where(
+            d.webhook_id == webhook_id,
+            d.status == status.value,
+            d.created_at >= since,
+            or_(d.lease_until.is_(None), d.lease_until < now),
+        )
+        .order_by(d.id)
+        .limit(limit)
+    )
+    if until is not None:
+        chosen = chosen.where(d.created_at < until)
+    result = await connection.execute(
+        update(deliveries_table)
+        # The status again: a row a worker moved on meanwhile is rechecked by this.
+        .where(d.id.in_(chosen.scalar_subquery()), d.status == status.value)
+        .values(status=DeliveryStatus.PENDING.value, next_attempt_at=now, updated_at=now)
+    )
+    return int(result.rowcount or 0)
+
+
 async def list_deliveries(
     connection: AsyncConnection,
     *,

@@ -147,6 +147,11 @@ class Webhook(SQLModel, table=True):
     backfill_days: int = 7
     created_at: datetime
     updated_at: datetime
+    # JSON array of [name, value]: headers sent on every call.
+    headers: str = Field(default="[]", sa_type=Text)
+    # The secret before the last rotation signs too, until previous_secret_until.
+    previous_secret: str | None = Field(default=None, sa_type=Text)
+    previous_secret_until: datetime | None = None
 
 
 class Delivery(SQLModel, table=True):

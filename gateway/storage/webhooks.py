@@ -44,6 +44,9 @@ def webhook_from_row(row: RowMapping) -> WebhookConfig:
         backfill_days=row["backfill_days"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        headers=tuple((name, value) for name, value in orjson.loads(row["headers"])),
+        previous_secret=row["previous_secret"],
+        previous_secret_until=row["previous_secret_until"],
     )
 
 
@@ -68,6 +71,9 @@ def webhook_values(config: WebhookConfig) -> dict[str, Any]:
         "backfill_days": config.backfill_days,
         "created_at": config.created_at,
         "updated_at": config.updated_at,
+        "headers": orjson.dumps([list(pair) for pair in config.headers]).decode(),
+        "previous_secret": config.previous_secret,
+        "previous_secret_until": config.previous_secret_until,
     }
 
 

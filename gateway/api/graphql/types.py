@@ -189,11 +189,13 @@ class EventFilter:
         )
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def aware(value: datetime) -> datetime:
     """A time given without a zone is taken as UTC, the zone everything is served in."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else aware(value)
 
 
 @strawberry.type
@@ -256,6 +258,20 @@ class Parameter:
 class ParameterInput:
     field: str = strawberry.field(description="An Event field name (email, messageId, …).")
     name: str = strawberry.field(description="The parameter name; blank means not sent.")
+
+
+@strawberry.input(description="A header sent on every call of a web hook.")
+class WebhookHeaderInput:
+    name: str = strawberry.field(description="A token (RFC 7230), none the gateway sets.")
+    value: str = strawberry.field(description="Printable ASCII; never shown again.")
+
+
+@strawberry.type
+class WebhookSecret:
+    secret: str = strawberry.field(description="Shown once: the new whsec_ signing secret.")
+    previous_valid_until: datetime | None = strawberry.field(
+        description="Until then the previous secret signs too; null: it no longer does."
+    )
 
 
 def parameters_dict(parameters: list[ParameterInput] | None) -> dict[str, str] | None:

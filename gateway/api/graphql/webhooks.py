@@ -8,7 +8,16 @@ import strawberry
 from strawberry.types import Info
 
 from gateway.api.graphql.context import Context, authorized, object_id, page_size, user_error
-from gateway.api.graphql.types import Event, PageInfo, Parameter, ParameterInput, event_view
+from gateway.api.graphql.types import (
+    Event,
+    PageInfo,
+    Parameter,
+    ParameterInput,
+    WebhookHeaderInput,
+    WebhookSecret,
+    aware,
+    event_view,
+)
 from gateway.domain.events import EventType
 from gateway.domain.webhooks import (
     AttemptRecord,
@@ -109,6 +118,9 @@ class Webhook:
     consecutive_failures: int
     backfill_days: int
     created_at: datetime
+    header_names: list[str] = strawberry.field(
+        description="The headers sent on every call, by name: their values are never shown."
+    )
 
     @strawberry.field(description="Every delivery and its calls, newest first.")
     async def deliveries(
@@ -158,6 +170,7 @@ class Webhook:
             consecutive_failures=config.consecutive_failures,
             backfill_days=config.backfill_days,
             created_at=config.created_at,
+            header_names=[name for name, _ in config.headers],
         )
 
 
@@ -185,6 +198,10 @@ class WebhookInput:
     backfill_days: int | None = strawberry.field(
         default=None, description="Days of past events sent when created (default 7)."
     )
+    headers: list[WebhookHeaderInput] | None = strawberry.field(
+        default=None,
+        description="Sent on every call; on update, they replace all the web hook's headers.",
+    )
 
     def to_changes(self) -> WebhookChanges:
         return WebhookChanges(
@@ -199,6 +216,7 @@ class WebhookInput:
             templates=self.templates,
             secret=self.secret,
             backfill_days=self.backfill_days,
+            headers=None if self.headers is None else [(h.name, h.value) for h in self.headers],
         )
 
 
@@ -262,6 +280,54 @@ class WebhookMutation:
         context = authorized(info)
         config = await context.services.webhooks.enable(context.account_id, object_id(id, "id"))
         return None if config is None else Webhook.from_config(config)
+
+    @strawberry.mutation(
+        description="A new signing secret, shown once; the previous one signs beside it "
+        "until previousValidUntil (graceHours from now; 0: it stops at once)."
+    )
+    async def rotate_webhook_secret(
+        self, info: Info[Context, None], id: strawberry.ID, grace_hours: float | None = 24.0
+    ) -> WebhookSecret:
+        context = authorized(info)
+        try:
+            rotated = await context.services.webhooks.rotate_secret(
+                context.account_id,
+                object_id(id, "id"),
+                24.0 if grace_hours is None else grace_hours,
+            )
+        except InputError as error:
+            raise user_error(error) from None
+        if rotated is None:
+            raise user_error(InputError("id", "no such web hook"))
+        secret, until = rotated
+        return WebhookSecret(secret=secret, previous_valid_until=until)
+
+    @strawberry.mutation(
+        description="Send again the web hook's deliveries of this status created in "
+        "[since, until); at most 10,000 a call. Returns how many."
+    )
+    async def recover_deliveries(
+        self,
+        info: Info[Context, None],
+        webhook_id: strawberry.ID,
+        since: datetime,
+        until: datetime | None = None,
+        status: DeliveryStatus | None = DeliveryStatus.FAILED,
+    ) -> int:
+        context = authorized(info)
+        try:
+            count = await context.services.deliveries.recover(
+                context.account_id,
+                object_id(webhook_id, "webhookId"),
+                since=aware(since),
+                until=None if until is None else aware(until),
+                status=status or DeliveryStatus.FAILED,
+            )
+        except InputError as error:
+            raise user_error(error) from None
+        if count is None:
+            raise user_error(InputError("webhookId", "no such web hook"))
+        return count
 
     @strawberry.mutation(description="Send a delivery again, whatever became of it.")
     async def redeliver(
