@@ -3,7 +3,8 @@
 arq's own ``Worker``, with its documented settings. Jobs: ``deliver_webhook(webhook_id)``
 sends what the database says is due for that web hook (``services.dispatch``), and
 ``backfill(webhook_id)``. A sweeper in every worker queues jobs for due deliveries whose
-job was lost.
+job was lost. arq's cron runs ``purge_expired`` (services.retention) on one worker every
+GATEWAY_RETENTION_INTERVAL_SECONDS.
 """
 
 from __future__ import annotations
