@@ -35,6 +35,7 @@ from gateway.services.ingest import IngestWriter
 from gateway.services.nodes import NodeLease
 from gateway.services.outbox import DeliveryQueue, Outbox
 from gateway.services.rejections import RejectedPayloads
+from gateway.services.retention import RetentionService
 from gateway.services.webhooks import WebhookService
 from gateway.settings import Settings
 from gateway.storage.db import is_sqlite, make_engine, migrate, schema_state
@@ -65,6 +66,7 @@ class Services:
     live: LiveHub
     live_events: LiveEvents
     queue_watch: QueueWatch
+    retention: RetentionService
 
     async def ready(self) -> dict[str, str]:
         """The state of each dependency: "ok" or what went wrong."""
@@ -233,6 +235,11 @@ async def _open_services(settings: Settings) -> AsyncIterator[Services]:
             live=live,
             live_events=live_events,
             queue_watch=queue_watch,
+            retention=RetentionService(
+                engine,
+                default_days=settings.retention_days,
+                batch_size=settings.retention_batch_size,
+            ),
         )
         try:
             yield services

@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     worker_metrics_port: int = 0
     worker_metrics_host: str = "127.0.0.1"
 
+    # Retention: events, deliveries, attempts and rejected payloads received more than
+    # this many days ago are purged (an account may set its own: setRetentionDays),
+    # every retention_interval_seconds (it must divide a minute, an hour or a day
+    # evenly: the workers' cron runs at those times of day), in transactions of at
+    # most retention_batch_size rows so that ingest never waits long.
+    retention_days: int = Field(default=90, ge=1, le=3650)
+    retention_interval_seconds: int = 3600
+    retention_batch_size: int = Field(default=1000, ge=1, le=100_000)
+
     # Tracing (optional, the ``[otel]`` extra): spans go to this OTLP/HTTP endpoint's
     # /v1/traces. Unset, OpenTelemetry is not even imported. The SDK reads its other
     # settings (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS, OTEL_BSP_*, …) itself.
@@ -110,6 +119,19 @@ class Settings(BaseSettings):
             raise ValueError("GATEWAY_RETRY_SCHEDULE must be comma-separated seconds") from exc
         if any(delay < 0 for delay in delays):
             raise ValueError("GATEWAY_RETRY_SCHEDULE must not hold negative delays")
+        return value
+
+    @field_validator("retention_interval_seconds")
+    @classmethod
+    def _interval_fits_a_day(cls, value: int) -> int:
+        if value <= 0 or not any(
+            value % unit == 0 and whole % value == 0
+            for unit, whole in ((1, 60), (60, 3600), (3600, 86400))
+        ):
+            raise ValueError(
+                "GATEWAY_RETENTION_INTERVAL_SECONDS must divide a minute, an hour or a day"
+                " evenly (say 30, 600, 3600 or 86400)"
+            )
         return value
 
     @field_validator("otel_exporter_otlp_endpoint")

@@ -3,7 +3,8 @@
 arq's own ``Worker``, with its documented settings. Jobs: ``deliver_webhook(webhook_id)``
 sends what the database says is due for that web hook (``services.dispatch``), and
 ``backfill(webhook_id)``. A sweeper in every worker queues jobs for due deliveries whose
-job was lost.
+job was lost. arq's cron runs ``purge_expired`` (services.retention) on one worker every
+GATEWAY_RETENTION_INTERVAL_SECONDS.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Any
 
 from arq import Retry
 from arq.connections import RedisSettings
+from arq.cron import cron
 from arq.worker import Worker, func
 
 from gateway.heartbeat import worker_heartbeat
 from gateway.runtime import Services, open_services
 from gateway.services.dispatch import DRAIN_SECONDS, Dispatcher
 from gateway.services.outbox import BACKFILL_JOB, DELIVER_JOB
+from gateway.services.retention import cron_schedule
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,13 @@ async def backfill(ctx: dict[str, Any], webhook_id: int) -> int:
         raise _retry_later(ctx) from exc
 
 
+async def purge_expired(ctx: dict[str, Any]) -> int:
+    """arq cron: purge what is older than retention (services.retention). A failure
+    waits for the next run: what was purged stays purged, the rest is there again."""
+    services: Services = ctx["services"]
+    return (await services.retention.purge()).total
+
+
 async def _sweep_forever(services: Services, dispatcher: Dispatcher) -> None:
     while True:
         await asyncio.sleep(services.settings.sweep_interval_seconds)
@@ -81,10 +91,23 @@ def make_worker(
     services: Services, dispatcher: Dispatcher, *, handle_signals: bool = False
 ) -> Worker:
     settings = services.settings
+    hour, minute, second = cron_schedule(settings.retention_interval_seconds)
     return Worker(
         functions=[
             func(deliver_webhook, name=DELIVER_JOB, max_tries=JOB_TRIES),
             func(backfill, name=BACKFILL_JOB, max_tries=JOB_TRIES),
+        ],
+        # Each run has a job id of its own time (arq's unique cron jobs): with several
+        # workers, one of them runs it. A run cut short leaves the rest to the next.
+        cron_jobs=[
+            cron(
+                purge_expired,
+                name="purge-expired",
+                timeout=max(settings.retention_interval_seconds, 60),
+                hour=hour,
+                minute=minute,
+                second=second,
+            )
         ],
         redis_settings=RedisSettings.from_dsn(services.redis_url),
         ctx={"services": services, "dispatcher": dispatcher},

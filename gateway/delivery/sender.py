@@ -95,6 +95,9 @@ class _Called:
     attempt: AttemptRecord
     succeeded: bool
     retry_in: float | None  # what the schedule says, should it have failed
+    # False when the receiver was never called for want of the event: no reason to
+    # disable its web hook.
+    counts_against_webhook: bool = True
 
 
 class DeliverySender:
@@ -237,7 +240,9 @@ class DeliverySender:
             async with deadline:
                 check_before_call(webhook.url, allow_private=self._settings.allow_private_webhooks)
                 if event is None:
-                    raise LookupError("the event is no longer stored")
+                    raise LookupError(
+                        "the event is no longer stored (purged by retention): nothing to send"
+                    )
                 request = _as_sent(render_request(webhook, delivery.event_id or 0, event))
                 # The web hook's own headers first: none of them is one of ours
                 # (domain.webhooks.custom_headers refused those at configuration).
@@ -305,6 +310,9 @@ class DeliverySender:
             response_excerpt=excerpt,
             request_body=request.body.decode("utf-8", "replace") if request else "",
         )
+        if event is None:
+            # It will not come back: the delivery ends FAILED now, not after retries.
+            return _Called(attempt, False, None, counts_against_webhook=False)
         retry_in = None
         if not succeeded:
             retry_in = next_retry_delay(number, self._settings.retry_delays, retry_after)
@@ -315,7 +323,8 @@ class DeliverySender:
         now = datetime.now(UTC)
         outcomes: dict[int, list[bool]] = {}
         for called in batch:
-            outcomes.setdefault(called.attempt.webhook_id, []).append(called.succeeded)
+            if called.counts_against_webhook:
+                outcomes.setdefault(called.attempt.webhook_id, []).append(called.succeeded)
         settled: list[tuple[DeliveryStatus, float | None]] = []
         async with begin_write(self._engine) as connection:
             disabled = await store.count_calls(
@@ -344,6 +353,8 @@ class DeliverySender:
 def _settle(called: _Called, disabled: set[int]) -> tuple[DeliveryStatus, float | None]:
     if called.succeeded:
         return DeliveryStatus.SUCCEEDED, None
+    if not called.counts_against_webhook:
+        return DeliveryStatus.FAILED, None  # its event is gone: holding it sends nothing
     if called.attempt.webhook_id in disabled:
         return DeliveryStatus.HELD, None
     if called.retry_in is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -140,13 +140,41 @@ def rollup_increments(
         )
         for account_id, event in events
     )
+    return _rollup_rows(
+        ((account_id, hour, kind.value, provider.value, template, tags), n)
+        for (account_id, hour, kind, provider, template, tags), n in kinds.items()
+    )
+
+
+def rollup_decrements(
+    rows: Iterable[tuple[int, datetime, str, str, str | None, Sequence[str]]],
+) -> list[tuple[int, str, int, int, str, str, int]]:
+    """What purging stored events takes off the rollup, in the form and order of
+    :func:`rollup_increments`; ``rows`` are ``(account_id, occurred_at, type,
+    provider, template, tags)`` as stored."""
+    kinds = Counter(
+        (
+            account_id,
+            int(occurred_at.timestamp() // HOUR_SECONDS),
+            kind,
+            provider,
+            template,
+            tuple(tags),
+        )
+        for account_id, occurred_at, kind, provider, template, tags in rows
+    )
+    return _rollup_rows(kinds.items())
+
+
+def _rollup_rows(
+    kinds: Iterable[tuple[tuple[int, int, str, str, str | None, tuple[str, ...]], int]],
+) -> list[tuple[int, str, int, int, str, str, int]]:
     counts: dict[tuple[int, str, int, int, str, str], int] = {}
-    for (account_id, hour, kind, provider, template, tags), n in kinds.items():
-        keys = [(_PROVIDER, provider.value)]
+    for (account_id, hour, type_name, provider, template, tags), n in kinds:
+        keys = [(_PROVIDER, provider)]
         if template is not None:
             keys.append((_TEMPLATE, template))
         keys.extend((_TAG, tag) for tag in dict.fromkeys(tags))
-        type_name = kind.value
         for span in SPANS:
             first = hour // span * span
             for dimension, key in keys:

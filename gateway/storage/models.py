@@ -17,6 +17,8 @@ class Account(SQLModel, table=True):
     id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     name: str = Field(unique=True, max_length=200)
     created_at: datetime
+    # Days its rows are kept (services.retention); null: GATEWAY_RETENTION_DAYS.
+    retention_days: int | None = None
 
 
 class ApiKey(SQLModel, table=True):
@@ -102,6 +104,8 @@ class RejectedPayload(SQLModel, table=True):
     kept so it can be replayed once fixed."""
 
     __tablename__ = "rejected_payloads"
+    # Retention purges an account's oldest first (an id range).
+    __table_args__ = (Index("ix_rejected_account_id", "account_id", "id"),)
     id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     account_id: int | None = Field(default=None, sa_type=BigInteger, index=True)
     source_id: int | None = Field(default=None, sa_type=BigInteger)

@@ -17,6 +17,7 @@ from strawberry.extensions import (
 )
 from strawberry.types import Info
 
+from gateway.api.graphql.account import AccountMutation, AccountQuery
 from gateway.api.graphql.context import (
     Context,
     authorized,
@@ -56,7 +57,7 @@ from gateway.settings import Settings
 
 
 @strawberry.type
-class Query(WebhookQuery, StatsQuery):
+class Query(WebhookQuery, StatsQuery, AccountQuery):
     @strawberry.field(description="Events, newest first, as a Relay cursor connection.")
     async def events(
         self,
@@ -121,7 +122,7 @@ class Query(WebhookQuery, StatsQuery):
 
 
 @strawberry.type
-class Mutation(WebhookMutation):
+class Mutation(WebhookMutation, AccountMutation):
     @strawberry.mutation(
         description="Another API key for the account; the key is shown only here. To rotate "
         "a key: create one, switch to it, revoke the old one."

@@ -1,0 +1,195 @@
+"""Retention: each account's days, and purging one batch of its oldest rows.
+
+"Older than" is an id range: ids begin with the millisecond they were minted
+(gateway.ids), so ``id < below_id`` (see ids.id_floor_for_ms) is what was received,
+created or attempted before a moment, read from the primary key or an index that ends
+in id. Each function deletes at most ``limit`` rows inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import orjson
+from sqlalchemy import bindparam, delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.domain.stats import rollup_decrements
+from gateway.storage.accounts import accounts_table
+from gateway.storage.deliveries import attempts_table, deliveries_table
+from gateway.storage.event_counts import event_counts_table
+from gateway.storage.events.rows import counts_table, events_table, tags_table
+from gateway.storage.rejections import rejected_table
+from gateway.storage.webhooks import webhooks_table
+
+
+async def account_retentions(connection: AsyncConnection) -> list[tuple[int, int | None]]:
+    """Every account with its own retention days (None: the setting's)."""
+    c = accounts_table.c
+    result = await connection.execute(select(c.id, c.retention_days).order_by(c.id))
+    return [(int(account_id), days) for account_id, days in result]
+
+
+async def retention_days(connection: AsyncConnection, *, account_id: int) -> int | None:
+    c = accounts_table.c
+    result = await connection.execute(select(c.retention_days).where(c.id == account_id))
+    value = result.scalar_one_or_none()
+    return None if value is None else int(value)
+
+
+async def set_retention_days(
+    connection: AsyncConnection, *, account_id: int, days: int | None
+) -> None:
+    await connection.execute(
+        update(accounts_table).where(accounts_table.c.id == account_id).values(retention_days=days)
+    )
+
+
+async def webhook_ids(connection: AsyncConnection, *, account_id: int) -> list[int]:
+    c = webhooks_table.c
+    result = await connection.execute(select(c.id).where(c.account_id == account_id))
+    return [int(webhook_id) for webhook_id in result.scalars()]
+
+
+async def purge_events(
+    connection: AsyncConnection, *, account_id: int, below_id: int, limit: int
+) -> int:
+    """Delete up to ``limit`` of the account's events with ids below ``below_id``, their
+    tag rows, and their share of tag_counts and of the eventStats rollup (rows that
+    count nothing any more go too). Returns how many events went.
+
+    The counts are taken off by what the DELETE returned, so two purges of the same
+    rows (on PostgreSQL the second waits, then finds them gone) take them off once.
+    Counts are updated in primary-key order, as ingest adds to them: no deadlock.
+    """
+    c = events_table.c
+    oldest = (
+        select(c.id)
+        .where(c.account_id == account_id, c.id < below_id)
+        .order_by(c.id)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    result = await connection.execute(
+        delete(events_table)
+        .where(c.account_id == account_id, c.id.in_(oldest))
+        .returning(c.id, c.type, c.provider, c.template, c.occurred_at, c.tags)
+    )
+    gone = [
+        (int(row.id), row.type, row.provider, row.template, row.occurred_at, orjson.loads(row.tags))
+        for row in result
+    ]
+    if not gone:
+        return 0
+    tag_rows = [
+        {"a": account_id, "t": tag, "e": event_id}
+        for event_id, *_rest, tags in gone
+        for tag in dict.fromkeys(tags)
+    ]
+    if tag_rows:
+        await _purge_tags(connection, tag_rows)
+    decrements = rollup_decrements(
+        (account_id, occurred_at, kind, provider, template, tags)
+        for _id, kind, provider, template, occurred_at, tags in gone
+    )
+    await _take_off_rollup(connection, decrements)
+    return len(gone)
+
+
+async def _purge_tags(connection: AsyncConnection, tag_rows: list[dict[str, object]]) -> None:
+    t = tags_table.c
+    await connection.execute(
+        delete(tags_table).where(
+            t.account_id == bindparam("a"), t.tag == bindparam("t"), t.event_id == bindparam("e")
+        ),
+        tag_rows,
+    )
+    per_tag: dict[tuple[object, object], int] = {}
+    for row in tag_rows:
+        per_tag[row["a"], row["t"]] = per_tag.get((row["a"], row["t"]), 0) + 1
+    counts = [{"a": a, "t": t, "n": n} for (a, t), n in sorted(per_tag.items())]
+    k = counts_table.c
+    match = (k.account_id == bindparam("a"), k.tag == bindparam("t"))
+    await connection.execute(
+        update(counts_table).where(*match).values(count=k.count - bindparam("n")), counts
+    )
+    await connection.execute(delete(counts_table).where(*match, k.count <= 0), counts)
+
+
+async def _take_off_rollup(
+    connection: AsyncConnection, decrements: Sequence[tuple[int, str, int, int, str, str, int]]
+) -> None:
+    rows = [
+        {"a": a, "d": dimension, "s": span, "h": hour, "k": key, "y": kind, "n": n}
+        for a, dimension, span, hour, key, kind, n in decrements
+    ]
+    r = event_counts_table.c
+    match = (
+        r.account_id == bindparam("a"),
+        r.dimension == bindparam("d"),
+        r.span == bindparam("s"),
+        r.hour == bindparam("h"),
+        r.key == bindparam("k"),
+        r.type == bindparam("y"),
+    )
+    await connection.execute(
+        update(event_counts_table).where(*match).values(count=r.count - bindparam("n")), rows
+    )
+    await connection.execute(delete(event_counts_table).where(*match, r.count <= 0), rows)
+
+
+async def purge_deliveries(
+    connection: AsyncConnection, *, webhook_id: int, below_id: int, limit: int, now: datetime
+) -> int:
+    """Delete up to ``limit`` of the web hook's deliveries with ids below ``below_id``
+    (their attempts go with them: ON DELETE CASCADE), except one a worker holds right
+    now: its result is about to be written against it."""
+    c = deliveries_table.c
+    oldest = (
+        select(c.id)
+        .where(c.webhook_id == webhook_id, c.id < below_id)
+        .order_by(c.id)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    result = await connection.execute(
+        delete(deliveries_table).where(
+            c.webhook_id == webhook_id,
+            c.id.in_(oldest),
+            or_(c.lease_until.is_(None), c.lease_until < now),
+        )
+    )
+    return int(result.rowcount)
+
+
+async def purge_attempts(
+    connection: AsyncConnection, *, webhook_id: int, below_id: int, limit: int
+) -> int:
+    """Delete up to ``limit`` of the web hook's attempts made before ``below_id``."""
+    c = attempts_table.c
+    oldest = (
+        select(c.id)
+        .where(c.webhook_id == webhook_id, c.id < below_id)
+        .order_by(c.id)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    result = await connection.execute(
+        delete(attempts_table).where(c.webhook_id == webhook_id, c.id.in_(oldest))
+    )
+    return int(result.rowcount)
+
+
+async def purge_rejected(
+    connection: AsyncConnection, *, account_id: int | None, below_id: int, limit: int
+) -> int:
+    """Delete up to ``limit`` of the account's rejected payloads (None: those of no
+    account, refused before their token was known) received before ``below_id``."""
+    c = rejected_table.c
+    owner = c.account_id.is_(None) if account_id is None else c.account_id == account_id
+    oldest = (
+        select(c.id).where(owner, c.id < below_id).order_by(c.id).limit(limit).scalar_subquery()
+    )
+    result = await connection.execute(delete(rejected_table).where(owner, c.id.in_(oldest)))
+    return int(result.rowcount)
