@@ -113,7 +113,7 @@ class IngestWriter:
         self._after_commit = list(after_commit)
         # SQLite: a connection of the writer's own on a thread of its own, for batches
         # with no work for the hooks: the whole batch in one hand-off (write_alone).
-        self._thread = SqliteThread.for_engine(engine)
+        self._sqlite_thread = SqliteThread.for_engine(engine)
         self._batcher: Batcher[_Pending, IngestResult] = Batcher(
             self._write_batch,
             name="ingest-writer",
@@ -149,8 +149,8 @@ class IngestWriter:
         try:
             await self._batcher.close()
         finally:
-            if self._thread is not None:
-                await self._thread.close()
+            if self._sqlite_thread is not None:
+                await self._sqlite_thread.close()
 
     async def write(
         self, account_id: int, source_id: int | None, events: Sequence[NormalizedEvent]
@@ -253,7 +253,7 @@ class IngestWriter:
         Other writers of this process wait meanwhile (db.write_lock), so none holds
         SQLite's lock while waiting for that one; another process's writer is waited
         for in the thread."""
-        if self._thread is None or self._work_tables is None:
+        if self._sqlite_thread is None or self._work_tables is None:
             return None
         accounts = {prepared.new.account_id for prepared in events}
         now = time.monotonic()
@@ -265,7 +265,7 @@ class IngestWriter:
             event_store.write_alone, events=events, unless_work_in=self._work_tables
         )
         async with write_lock(self._engine):
-            inserted = await self._thread.run(write)
+            inserted = await self._sqlite_thread.run(write)
         if isinstance(inserted, Inserted):
             return inserted
         if len(self._refused) > _REFUSED_KEPT:

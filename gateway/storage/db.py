@@ -239,7 +239,7 @@ class SqliteThread:
     def __init__(self, database: str) -> None:
         self._database = database
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._connection: sqlite3.Connection | None = None
+        self._sqlite: sqlite3.Connection | None = None
 
     @staticmethod
     def for_engine(engine: AsyncEngine) -> SqliteThread | None:
@@ -258,9 +258,9 @@ class SqliteThread:
         return await loop.run_in_executor(self._executor, self._call, work)
 
     def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        if self._connection is None:
-            self._connection = open_sqlite(self._database)
-        connection = self._connection
+        if self._sqlite is None:
+            self._sqlite = open_sqlite(self._database)
+        connection = self._sqlite
         try:
             return work(connection)
         finally:
@@ -269,9 +269,9 @@ class SqliteThread:
                 connection.execute("ROLLBACK")
 
     def _close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
 
     async def close(self) -> None:
         """Close the connection (after any work still queued) and end the thread."""

@@ -84,7 +84,7 @@ class FrameGuard:
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
-        self._protocol: str | None = None
+        self._subprotocol: str | None = None
         self._closed = False
 
     def send(self, message: Message) -> Awaitable[None]:
@@ -93,12 +93,12 @@ class FrameGuard:
         if self._closed:
             return _nothing()  # we closed the socket already; Strawberry is finishing up
         if message["type"] == "websocket.accept":
-            self._protocol = message.get("subprotocol")
+            self._subprotocol = message.get("subprotocol")
         return self._send(message)
 
     async def receive(self) -> Message:
         message = await self._receive()
-        protocol = self._protocol
+        protocol = self._subprotocol
         if message["type"] != "websocket.receive" or protocol not in _CLIENT_TYPES:
             return message
         text = message.get("text")
