@@ -73,8 +73,8 @@ async def bench_backend(
     results: dict[str, Any] = {"backend": backend, "stored_events": events}
     store = await bench_store.create_store(backend, work_dir)
     try:
-        account = await bench_store.create_account(store, redis_url)
-        ids = await bench_store.node_ids(redis_url)
+        account = await bench_store.create_account(store)
+        ids = await bench_store.node_ids(store)
         log(f"{backend}: filling the store with {events:,} events")
         results["fill"] = await bench_store.insert_direct(
             store,
