@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, delete, or_, select, update
@@ -52,6 +53,18 @@ async def webhook_ids(connection: AsyncConnection, *, account_id: int) -> list[i
     return [int(webhook_id) for webhook_id in result.scalars()]
 
 
+def _oldest(table: Any, owner: Any, below_id: int, limit: int) -> Any:
+    """The ids of ``owner``'s oldest rows of ``table`` below ``below_id``, at most
+    ``limit`` (ids are time-ordered: an index range, oldest first)."""
+    return (
+        select(table.c.id)
+        .where(owner, table.c.id < below_id)
+        .order_by(table.c.id)
+        .limit(limit)
+        .scalar_subquery()
+    )
+
+
 async def purge_events(
     connection: AsyncConnection, *, account_id: int, below_id: int, limit: int
 ) -> int:
@@ -64,13 +77,7 @@ async def purge_events(
     Counts are updated in primary-key order, as ingest adds to them: no deadlock.
     """
     c = events_table.c
-    oldest = (
-        select(c.id)
-        .where(c.account_id == account_id, c.id < below_id)
-        .order_by(c.id)
-        .limit(limit)
-        .scalar_subquery()
-    )
+    oldest = _oldest(events_table, c.account_id == account_id, below_id, limit)
     result = await connection.execute(
         delete(events_table)
         .where(c.account_id == account_id, c.id.in_(oldest))
@@ -146,13 +153,7 @@ async def purge_deliveries(
     (their attempts go with them: ON DELETE CASCADE), except one a worker holds right
     now: its result is about to be written against it."""
     c = deliveries_table.c
-    oldest = (
-        select(c.id)
-        .where(c.webhook_id == webhook_id, c.id < below_id)
-        .order_by(c.id)
-        .limit(limit)
-        .scalar_subquery()
-    )
+    oldest = _oldest(deliveries_table, c.webhook_id == webhook_id, below_id, limit)
     result = await connection.execute(
         delete(deliveries_table).where(
             c.webhook_id == webhook_id,
@@ -168,13 +169,7 @@ async def purge_attempts(
 ) -> int:
     """Delete up to ``limit`` of the web hook's attempts made before ``below_id``."""
     c = attempts_table.c
-    oldest = (
-        select(c.id)
-        .where(c.webhook_id == webhook_id, c.id < below_id)
-        .order_by(c.id)
-        .limit(limit)
-        .scalar_subquery()
-    )
+    oldest = _oldest(attempts_table, c.webhook_id == webhook_id, below_id, limit)
     result = await connection.execute(
         delete(attempts_table).where(c.webhook_id == webhook_id, c.id.in_(oldest))
     )
@@ -188,8 +183,6 @@ async def purge_rejected(
     account, refused before their token was known) received before ``below_id``."""
     c = rejected_table.c
     owner = c.account_id.is_(None) if account_id is None else c.account_id == account_id
-    oldest = (
-        select(c.id).where(owner, c.id < below_id).order_by(c.id).limit(limit).scalar_subquery()
-    )
+    oldest = _oldest(rejected_table, owner, below_id, limit)
     result = await connection.execute(delete(rejected_table).where(owner, c.id.in_(oldest)))
     return int(result.rowcount)
