@@ -115,6 +115,43 @@ async def test_a_batch_without_work_is_one_trip_to_the_writers_thread(
     assert await stored_count(engine) == 3
 
 
+async def test_a_batch_with_retries_writes_tags_and_counts_of_its_new_events_only(
+    engine: AsyncEngine, sqlite_statements: list[tuple[str, str]]
+) -> None:
+    """Each statement writes all its rows at once; when the insert's row count says
+    that some events were already stored, the table tells which were new."""
+    batch = delivered_events(4, tags=("t",), numbered_tag=True)
+    writer = IngestWriter(engine, IdGenerator(1))
+    try:
+        first = await writer.write(ACCOUNT, None, batch[:2])
+        second = await writer.write(ACCOUNT, None, batch)
+    finally:
+        await writer.stop()
+    assert (first.stored, second.stored, second.duplicates) == (2, 2, 2)
+    inserts = [words for _thread, words in sqlite_statements if words.startswith("INSERT")]
+    assert inserts == 2 * [
+        "INSERT INTO events",
+        "INSERT INTO event_tags",
+        "INSERT INTO tag_counts",
+        "INSERT INTO event_counts",
+    ]
+    async with engine.connect() as connection:
+        tags = await connection.execute(text("SELECT tag, count FROM tag_counts ORDER BY tag"))
+        assert tags.all() == [("n0", 1), ("n1", 1), ("n2", 1), ("n3", 1), ("t", 4)]
+        tagged = await connection.execute(
+            text("SELECT event_id FROM event_tags WHERE tag LIKE 'n%' ORDER BY event_id")
+        )
+        assert sorted(tagged.scalars()) == sorted([*first.ids, *second.ids])
+        rollup = await connection.execute(
+            text(
+                "SELECT sum(count) FROM event_counts"
+                " WHERE dimension = 'provider' AND span = 1 AND account_id = :a"
+            ),
+            {"a": ACCOUNT},
+        )
+        assert rollup.scalar_one() == 4
+
+
 async def test_no_statement_of_a_batch_runs_on_the_event_loops_thread(
     engine: AsyncEngine, sqlite_statements: list[tuple[str, str]]
 ) -> None:

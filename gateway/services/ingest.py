@@ -261,9 +261,9 @@ class IngestWriter:
             if self._refused[account] > now:
                 return None
             del self._refused[account]
-        write = functools.partial(
-            event_store.write_alone, events=events, unless_work_in=self._work_tables
-        )
+        # Built here: the writer's thread only runs the statements (write_alone).
+        batch = event_store.SqliteBatch.of(events, unless_work_in=self._work_tables)
+        write = functools.partial(event_store.write_alone, batch=batch)
         async with write_lock(self._engine):
             inserted = await self._sqlite_thread.run(write)
         if isinstance(inserted, Inserted):

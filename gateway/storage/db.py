@@ -215,7 +215,12 @@ def open_sqlite(database: str) -> sqlite3.Connection:
     """A plain sqlite3 connection to ``database`` with the engine's pragmas, in
     autocommit mode: whoever uses it begins and ends its transactions explicitly."""
     connection = sqlite3.connect(
-        database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None
+        database,
+        timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        # A group commit's statements have a text for each number of rows
+        # (storage.events.write): keep those of the usual batch sizes prepared.
+        cached_statements=512,
     )
     try:
         for pragma in SQLITE_PRAGMAS:

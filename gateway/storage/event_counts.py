@@ -11,12 +11,13 @@ from gateway.storage.models import EventCount
 
 event_counts_table = EventCount.__table__  # type: ignore[attr-defined]
 
-# SQLite: the rows of domain.stats.rollup_increments for the events a batch inserted.
+# SQLite: (head, columns, tail) of a multi-row statement (storage.events.write) of the
+# rows of domain.stats.rollup_increments for the events a batch inserted.
 SQLITE_EVENT_COUNTS = (
-    "INSERT INTO event_counts (account_id, dimension, span, hour, key, type, count)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO event_counts (account_id, dimension, span, hour, key, type, count)",
+    7,
     " ON CONFLICT (account_id, dimension, span, hour, key, type)"
-    " DO UPDATE SET count = event_counts.count + excluded.count"
+    " DO UPDATE SET count = event_counts.count + excluded.count",
 )
 
 # PostgreSQL: common table expressions to join storage.events' insert statement, after

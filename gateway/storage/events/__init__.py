@@ -19,6 +19,7 @@ from gateway.storage.events.rows import (
 from gateway.storage.events.write import (
     Inserted,
     NotAlone,
+    SqliteBatch,
     insert_events,
     insert_prepared,
     refused_by_database,
@@ -30,6 +31,7 @@ __all__ = [
     "NewEvent",
     "NotAlone",
     "PreparedEvent",
+    "SqliteBatch",
     "Unstorable",
     "counts_table",
     "events_table",

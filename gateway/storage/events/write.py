@@ -104,26 +104,61 @@ def refused_by_database(error: BaseException) -> str | None:
 
 # -- SQLite --------------------------------------------------------------------------
 
-_SQLITE_ROWS_PER_STATEMENT = 1000  # 19 parameters a row; SQLite allows 32766
-_SQLITE_TAGS = (
-    "INSERT INTO event_tags (account_id, tag, event_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
-)
+# Every statement writes all its rows at once (multi-row VALUES, no RETURNING): one
+# sqlite3_step, so the writer's thread takes the GIL back once per statement, not once
+# per row. Each time it does, it may wait up to the switch interval (5 ms) for the event
+# loop's thread, which is busy reading requests; executemany and a RETURNING row apiece
+# made that a few hundred waits a batch, and halved single-event ingest.
+_SQLITE_MAX_PARAMETERS = 32766  # SQLite's limit on ? in a statement
+_SQLITE_MAX_ROWS = 1000  # rows per statement: the statement cache keeps ~one per size
+_SQLITE_TAGS = ("INSERT INTO event_tags (account_id, tag, event_id)", 3, " ON CONFLICT DO NOTHING")
 _SQLITE_COUNTS = (
-    "INSERT INTO tag_counts (account_id, tag, count) VALUES (?, ?, ?)"
-    " ON CONFLICT (account_id, tag) DO UPDATE SET count = tag_counts.count + excluded.count"
+    "INSERT INTO tag_counts (account_id, tag, count)",
+    3,
+    " ON CONFLICT (account_id, tag) DO UPDATE SET count = tag_counts.count + excluded.count",
 )
 _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 @functools.cache
-def _sqlite_events_statement(rows: int) -> str:
+def _sqlite_rows_statement(head: str, columns: int, rows: int, tail: str) -> str:
+    values = "(" + ", ".join("?" * columns) + ")"
+    # Only our own statements' heads and tails and placeholders go into the text.
+    return f"{head} VALUES {', '.join([values] * rows)}{tail}"
+
+
+def _sqlite_statements(
+    statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]]
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """``rows`` written by ``statement`` (head, columns, tail) in as few multi-row
+    statements as SQLite's limits allow."""
+    head, columns, tail = statement
+    per = min(_SQLITE_MAX_ROWS, _SQLITE_MAX_PARAMETERS // columns)
+    return [
+        (
+            _sqlite_rows_statement(head, columns, len(chunk), tail),
+            tuple(value for row in chunk for value in row),
+        )
+        for start in range(0, len(rows), per)
+        for chunk in [rows[start : start + per]]
+    ]
+
+
+@functools.cache
+def _sqlite_events_head() -> tuple[str, int, str]:
     names = [column.name for column in events_table.c]
-    values = "(" + ", ".join("?" * len(names)) + ")"
-    # Only the table's own column names and placeholders go into the text.
+    # Only the table's own column names go into the text.
     return (
-        f"INSERT INTO events ({', '.join(names)}) VALUES {', '.join([values] * rows)}"  # noqa: S608
-        " ON CONFLICT (account_id, dedupe_key) DO NOTHING RETURNING id"
+        f"INSERT INTO events ({', '.join(names)})",
+        len(names),
+        " ON CONFLICT (account_id, dedupe_key) DO NOTHING",
     )
+
+
+# The ids of a batch that are in the table (one row: a JSON array).
+_SQLITE_STORED_OF = (
+    "SELECT json_group_array(id) FROM events WHERE id IN (SELECT value FROM json_each(?))"
+)
 
 
 @functools.cache
@@ -136,88 +171,111 @@ def _sqlite_probe(table: str, accounts: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _SqliteBatch:
-    """A batch's statements and parameters, the same for sqlite3 and SQLAlchemy."""
+class SqliteBatch:
+    """A batch's statements and parameters, the same for sqlite3 and SQLAlchemy, built
+    before the trip to the writer's thread (:func:`write_alone`): there, only the
+    statements run, and the thread needs the GIL as little as possible."""
 
-    chunks: list[tuple[str, tuple[Any, ...]]]
+    chunks: list[tuple[str, tuple[Any, ...], tuple[int, ...]]]  # statement, values, ids
     tags: dict[int, tuple[int, tuple[str, ...]]]  # event id: (account, tags)
     accounts: tuple[int, ...]
     news: tuple[NewEvent, ...]
+    probes: tuple[str, ...]  # is there work for these accounts? (see write_alone)
+    # The follow-ups when every event is stored (no duplicates): the usual case.
+    all_stored: list[tuple[str, tuple[Any, ...]]]
 
     @staticmethod
-    def of(events: Sequence[PreparedEvent]) -> _SqliteBatch:
-        chunks = []
-        for start in range(0, len(events), _SQLITE_ROWS_PER_STATEMENT):
-            chunk = events[start : start + _SQLITE_ROWS_PER_STATEMENT]
-            values = tuple(
-                value for prepared in chunk for value in cast(tuple[Any, ...], prepared.values)
+    def of(events: Sequence[PreparedEvent], *, unless_work_in: Sequence[str] = ()) -> SqliteBatch:
+        head = _sqlite_events_head()
+        per = min(_SQLITE_MAX_ROWS, _SQLITE_MAX_PARAMETERS // head[1])
+        statements = _sqlite_statements(
+            head, [cast(tuple[Any, ...], prepared.values) for prepared in events]
+        )
+        chunks = [
+            (statement, values, tuple(prepared.new.id for prepared in events[start : start + per]))
+            for (statement, values), start in zip(
+                statements, range(0, len(events), per), strict=True
             )
-            chunks.append((_sqlite_events_statement(len(chunk)), values))
-        return _SqliteBatch(
-            chunks,
-            {prepared.new.id: (prepared.new.account_id, prepared.tags) for prepared in events},
-            tuple(sorted({prepared.new.account_id for prepared in events})),
-            tuple(prepared.new for prepared in events),
-        )
-
-    def tag_rows(self, stored: set[int]) -> list[tuple[int, str, int]]:
-        return [
-            (account_id, tag, event_id)
-            for event_id, (account_id, tags) in self.tags.items()
-            if event_id in stored
-            for tag in tags
         ]
+        accounts = tuple(sorted({prepared.new.account_id for prepared in events}))
+        tags = {prepared.new.id: (prepared.new.account_id, prepared.tags) for prepared in events}
+        news = tuple(prepared.new for prepared in events)
+        probes = tuple(_sqlite_probe(table, len(accounts)) for table in unless_work_in)
+        follow_ups = _follow_ups(news, tags, {new.id for new in news})
+        return SqliteBatch(chunks, tags, accounts, news, probes, follow_ups)
 
     @staticmethod
-    def count_rows(tag_rows: Sequence[tuple[int, str, int]]) -> list[tuple[int, str, int]]:
-        counts: dict[tuple[int, str], int] = {}
-        for account_id, tag, _event_id in tag_rows:
-            counts[account_id, tag] = counts.get((account_id, tag), 0) + 1
-        return [(account_id, tag, n) for (account_id, tag), n in sorted(counts.items())]
+    def stored_ids(ids: tuple[int, ...], inserted: int) -> set[int] | None:
+        """The ids a chunk stored when its insert's row count tells (all or none);
+        None when some were duplicates: then ask the table (:data:`_SQLITE_STORED_OF`)."""
+        if inserted == len(ids):
+            return set(ids)
+        if inserted == 0:
+            return set()
+        return None
 
-    def rollup_rows(self, stored: set[int]) -> list[tuple[int, str, int, int, str, str, int]]:
-        """The eventStats rollup's increments for the events stored (storage.event_counts),
-        keyed by the template and tags as stored."""
-        return rollup_increments(
-            (new.account_id, replace(new.event, template=template, tags=self.tags[new.id][1]))
-            for new in self.news
-            if new.id in stored
-            for template in [
-                None if new.event.template is None else stored_text(new.event.template)
-            ]
-        )
-
-    def probes(self, tables: Sequence[str]) -> list[str]:
-        return [_sqlite_probe(table, len(self.accounts)) for table in tables]
+    def follow_ups(self, stored: set[int]) -> list[tuple[str, tuple[Any, ...]]]:
+        """The tags, tag counts and eventStats rollup of the events stored."""
+        if len(stored) == len(self.news):
+            return self.all_stored
+        return _follow_ups(self.news, self.tags, stored)
 
 
-def write_alone(
-    sqlite: sqlite3.Connection, events: Sequence[PreparedEvent], *, unless_work_in: Sequence[str]
-) -> Inserted | NotAlone:
+def _follow_ups(
+    news: Sequence[NewEvent], tags: dict[int, tuple[int, tuple[str, ...]]], stored: set[int]
+) -> list[tuple[str, tuple[Any, ...]]]:
+    tag_rows = [
+        (account_id, tag, event_id)
+        for event_id, (account_id, event_tags) in tags.items()
+        if event_id in stored
+        for tag in event_tags
+    ]
+    counts: dict[tuple[int, str], int] = {}
+    for account_id, tag, _event_id in tag_rows:
+        counts[account_id, tag] = counts.get((account_id, tag), 0) + 1
+    count_rows = [(account_id, tag, n) for (account_id, tag), n in sorted(counts.items())]
+    # The eventStats rollup's increments (storage.event_counts), keyed by the template
+    # and tags as stored.
+    rollup_rows = rollup_increments(
+        (new.account_id, replace(new.event, template=template, tags=tags[new.id][1]))
+        for new in news
+        if new.id in stored
+        for template in [None if new.event.template is None else stored_text(new.event.template)]
+    )
+    return [
+        *_sqlite_statements(_SQLITE_TAGS, tag_rows),
+        *_sqlite_statements(_SQLITE_COUNTS, count_rows),
+        *_sqlite_statements(SQLITE_EVENT_COUNTS, rollup_rows),
+    ]
+
+
+def write_alone(sqlite: sqlite3.Connection, batch: SqliteBatch) -> Inserted | NotAlone:
     """SQLite, on a plain connection in autocommit mode (storage.db.SqliteThread): the
     batch's events, tags and counts inserted and committed in one call, unless one of
-    the ``unless_work_in`` tables has a row of the batch's accounts: then nothing is
+    its probes finds a row of the batch's accounts in a work table: then nothing is
     written, and the caller writes the batch in a transaction with whatever that work
     is. BEGIN IMMEDIATE takes the write lock first (waiting for another process's
     writer up to the busy timeout), so the answer holds until the commit.
     """
-    if not events:
+    if not batch.news:
         return Inserted(set())
-    batch = _SqliteBatch.of(events)
     sqlite.execute("BEGIN IMMEDIATE")
     try:
-        for probe in batch.probes(unless_work_in):
+        for probe in batch.probes:
             if sqlite.execute(probe, batch.accounts).fetchone() is not None:
                 sqlite.execute("ROLLBACK")
                 return NotAlone.WORK
         stored: set[int] = set()
-        for statement, parameters in batch.chunks:
-            stored.update(row[0] for row in sqlite.execute(statement, parameters).fetchall())
-        if tag_rows := batch.tag_rows(stored):
-            sqlite.executemany(_SQLITE_TAGS, tag_rows)
-            sqlite.executemany(_SQLITE_COUNTS, batch.count_rows(tag_rows))
+        for statement, parameters, ids in batch.chunks:
+            inserted = sqlite.execute(statement, parameters).rowcount
+            known = batch.stored_ids(ids, inserted)
+            if known is None:
+                (found,) = sqlite.execute(_SQLITE_STORED_OF, (orjson.dumps(ids),)).fetchone()
+                known = set(orjson.loads(found))
+            stored |= known
         if stored:
-            sqlite.executemany(SQLITE_EVENT_COUNTS, batch.rollup_rows(stored))
+            for statement, parameters in batch.follow_ups(stored):
+                sqlite.execute(statement, parameters)
         sqlite.execute("COMMIT")
     except BaseException:
         if sqlite.in_transaction:
@@ -229,17 +287,19 @@ def write_alone(
 async def _insert_sqlite(
     connection: AsyncConnection, events: Sequence[PreparedEvent], work_in: tuple[str, ...]
 ) -> Inserted:
-    batch = _SqliteBatch.of(events)
+    batch = SqliteBatch.of(events, unless_work_in=work_in)
     stored: set[int] = set()
-    for statement, parameters in batch.chunks:
-        result = await connection.exec_driver_sql(statement, parameters)
-        stored.update(row[0] for row in result)
-    if tag_rows := batch.tag_rows(stored):
-        await connection.exec_driver_sql(_SQLITE_TAGS, tag_rows)
-        await connection.exec_driver_sql(_SQLITE_COUNTS, batch.count_rows(tag_rows))
+    for statement, parameters, ids in batch.chunks:
+        inserted = (await connection.exec_driver_sql(statement, parameters)).rowcount
+        known = batch.stored_ids(ids, inserted)
+        if known is None:
+            result = await connection.exec_driver_sql(_SQLITE_STORED_OF, (orjson.dumps(ids),))
+            known = set(orjson.loads(result.scalar_one()))
+        stored |= known
     if stored:
-        await connection.exec_driver_sql(SQLITE_EVENT_COUNTS, batch.rollup_rows(stored))
-    for probe in batch.probes(work_in):
+        for statement, parameters in batch.follow_ups(stored):
+            await connection.exec_driver_sql(statement, parameters)
+    for probe in batch.probes:
         if (await connection.exec_driver_sql(probe, batch.accounts)).first() is not None:
             return Inserted(stored, has_work=True)
     return Inserted(stored)
