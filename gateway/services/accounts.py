@@ -8,9 +8,10 @@ import binascii
 import hashlib
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cachetools import TTLCache
@@ -117,7 +118,7 @@ class AccountService:
         # token hash -> source. Ingest looks its source up on every request; a short
         # cache keeps that off the database. Local changes evict.
         # (A 1-tuple, so that a cached miss is told apart from nothing cached.)
-        self._sources: TTLCache[str, tuple[SourceRecord | None]] = _cache(cache_size, cache_seconds)
+        self._sources: Lookups[str, SourceRecord | None] = Lookups(cache_size, cache_seconds)
         # (source id, password hash, SHA-256 of the credentials) -> True. A provider
         # sends the same ones with every event; scrypt runs once per cache period.
         self._verified: TTLCache[tuple[int, str, str], bool] = _cache(cache_size, cache_seconds)
@@ -125,7 +126,7 @@ class AccountService:
         # however many bad requests arrive.
         self._hashing = asyncio.Semaphore(2)
         # API key hash -> account id.
-        self._keys: TTLCache[str, tuple[int | None]] = _cache(cache_size, cache_seconds)
+        self._keys: Lookups[str, int | None] = Lookups(cache_size, cache_seconds)
 
     def cache_sizes(self) -> dict[str, int]:
         """Entries held by each cache (for /metrics and tests)."""
@@ -214,23 +215,21 @@ class AccountService:
 
     async def account_for_api_key(self, api_key: str) -> int | None:
         key_hash = hash_secret(api_key)
-        cached = self._keys.get(key_hash)
-        if cached is not None:
-            return cached[0]
-        async with self._engine.connect() as connection:
-            account_id = await store.account_id_for_key(connection, key_hash)
-        self._keys[key_hash] = (account_id,)
-        return account_id
+
+        async def lookup() -> int | None:
+            async with self._engine.connect() as connection:
+                return await store.account_id_for_key(connection, key_hash)
+
+        return await self._keys.get(key_hash, lookup)
 
     async def source_for_token(self, token: str) -> SourceRecord | None:
         token_hash = hash_secret(token)
-        cached = self._sources.get(token_hash)
-        if cached is not None:
-            return cached[0]
-        async with self._engine.connect() as connection:
-            source = await store.source_by_token(connection, token_hash)
-        self._sources[token_hash] = (source,)
-        return source
+
+        async def lookup() -> SourceRecord | None:
+            async with self._engine.connect() as connection:
+                return await store.source_by_token(connection, token_hash)
+
+        return await self._sources.get(token_hash, lookup)
 
     async def basic_auth_accepted(
         self, source: SourceRecord, credentials: tuple[str, str] | None
@@ -357,6 +356,52 @@ class AccountService:
 
 def _cache(size: int, seconds: float) -> TTLCache[Any, Any]:
     return TTLCache(maxsize=max(size, 1), ttl=seconds)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Lookups(Generic[K, V]):
+    """A bounded cache of lookups (hits and misses alike), where concurrent misses of
+    one key share one lookup: when an entry lapses under load, the requests waiting
+    for it make one query, not one each (and the pool does not open a connection for
+    each of them)."""
+
+    def __init__(self, size: int, seconds: float) -> None:
+        # (A 1-tuple, so that a cached None is told apart from nothing cached.)
+        self._cache: TTLCache[K, tuple[V]] = _cache(size, seconds)
+        self._running: dict[K, asyncio.Future[V]] = {}  # at most one per waiting caller
+        self._generation = 0  # a lookup that began before clear() is not kept
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def clear(self) -> None:
+        self._cache.clear()
+        self._generation += 1
+
+    async def get(self, key: K, lookup: Callable[[], Awaitable[V]]) -> V:
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached[0]
+        running = self._running.get(key)
+        if running is None:
+            running = asyncio.ensure_future(self._look(key, lookup, self._generation))
+            # Retrieved even if every caller has gone (no "never retrieved" warning).
+            running.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._running[key] = running
+        # A caller that is cancelled leaves the lookup running for the others.
+        return await asyncio.shield(running)
+
+    async def _look(self, key: K, lookup: Callable[[], Awaitable[V]], generation: int) -> V:
+        try:
+            value = await lookup()
+        finally:
+            del self._running[key]
+        if generation == self._generation:
+            self._cache[key] = (value,)
+        return value
 
 
 def _checked_name(name: str) -> str:
