@@ -1,0 +1,156 @@
+"""PostgreSQL: events, their tag rows and delivery attempts in daily partitions.
+
+``events`` and ``delivery_attempts`` are partitioned by range of ``id``, and
+``event_tags`` by range of ``event_id``: ids begin with the millisecond they were
+minted (gateway.ids), so a range of ids is a span of time of receipt, and one UTC day
+is one partition of each table (``events_p20261129`` and so on). Keyed by id, the
+primary keys stay what they were, "newest first" reads the partitions in order and a
+cursor (``id < after``) prunes the newer ones.
+
+There is no DEFAULT partition: every day from the oldest row's to ``AHEAD_DAYS``
+ahead has its partitions, made by the migration, by ``gateway migrate``, when a
+gateway or worker starts and on every retention run (services.retention). Without a
+default, "newest first" reads partitions one after another (PostgreSQL's ordered
+Append) instead of merging all of them, and a day is detached without scanning one.
+
+A unique index of a partitioned table must include the partition key, so the rule
+"an account stores a dedupe key once" cannot be ``events``' own any more: it is
+``event_dedupe`` (account, dedupe key) -> event id, a plain table written by the same
+statement as the events (storage.events.write) and purged with them
+(storage.retention). SQLite keeps one ``events`` table with its unique constraint.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import BigInteger, Column, MetaData, String, Table
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.ids import id_floor_for_ms, ms_of_id
+
+# The partitioned tables, each with its partition key.
+PARTITIONED: dict[str, str] = {"events": "id", "event_tags": "event_id", "delivery_attempts": "id"}
+PartitionedTable = Literal["events", "event_tags", "delivery_attempts"]
+# Days made ahead of today: ingest never waits for a partition, even if no retention
+# run happens for that long (its workers all stopped).
+AHEAD_DAYS = 14
+# How long a partition's creation, detach or drop waits for the table's lock before
+# giving up until the next run (ingest queues behind a waiting ALTER TABLE).
+LOCK_TIMEOUT_MS = 1000
+
+# PostgreSQL only (not in the models' metadata: SQLite has no such table). The dedupe
+# keys of the stored events: its primary key is the rule the events' unique constraint
+# was.
+dedupe_table = Table(
+    "event_dedupe",
+    MetaData(),
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("dedupe_key", String(40), primary_key=True),
+    Column("event_id", BigInteger, nullable=False),
+)
+
+_DAY_MS = 86_400_000
+_PARTITION = re.compile(r"(events|event_tags|delivery_attempts)_p[0-9]{8}")
+
+
+def declared_by_models(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Alembic's ``include_object`` for a PostgreSQL database: leaves out what the
+    models do not declare there (each day's partitions, ``event_dedupe``) and the
+    events' unique dedupe constraint, which only SQLite has."""
+    if type_ == "table" and name is not None:
+        return name != dedupe_table.name and _PARTITION.fullmatch(name) is None
+    return not (type_ == "unique_constraint" and name == "uq_events_account_dedupe")
+
+
+def day_of_id(id_: int) -> date:
+    """The UTC day whose partition holds ``id_``."""
+    return datetime.fromtimestamp(ms_of_id(id_) / 1000, UTC).date()
+
+
+def day_bounds(day: date) -> tuple[int, int]:
+    """The ids of ``day``'s partitions: from the first, up to (not including) the last."""
+    start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+    return id_floor_for_ms(start), id_floor_for_ms(start + _DAY_MS)
+
+
+def partition_name(table: str, day: date) -> str:
+    return f"{table}_p{day:%Y%m%d}"
+
+
+def days(first: date, last: date) -> Iterator[date]:
+    """Every day from ``first`` to ``last``, both included."""
+    day = first
+    while day <= last:
+        yield day
+        day += timedelta(days=1)
+
+
+def partition_statements(table: str, day: date) -> list[str]:
+    """Make ``day``'s partition of ``table``: a table like it, then attached. Attaching
+    takes a lock that lets ingest and reads go on (CREATE TABLE … PARTITION OF would
+    stop them); the empty table's indexes and constraints are made as it is attached."""
+    if table not in PARTITIONED:
+        raise ValueError(f"not a partitioned table: {table!r}")
+    name = partition_name(table, day)
+    start, end = day_bounds(day)
+    # Only a known table name, a name made of it and a date, and integers go in.
+    return [
+        f'CREATE TABLE "{name}" (LIKE "{table}" INCLUDING DEFAULTS)',
+        f'ALTER TABLE "{table}" ATTACH PARTITION "{name}" FOR VALUES FROM ({start}) TO ({end})',
+    ]
+
+
+_PARTITIONS = (
+    "SELECT c.relname AS partition, c.relispartition AS attached FROM pg_class c"
+    " WHERE c.relkind = 'r' AND pg_table_is_visible(c.oid)"
+    " AND c.relname ~ '^(events|event_tags|delivery_attempts)_p[0-9]{8}$'"
+)
+
+
+async def is_partitioned(connection: AsyncConnection) -> bool:
+    """Whether this database's events are partitioned (PostgreSQL, from 0013 on)."""
+    if connection.dialect.name != "postgresql":
+        return False
+    result = await connection.exec_driver_sql(
+        "SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('events')"
+    )
+    return bool(result.scalar_one_or_none())
+
+
+async def partition_days(connection: AsyncConnection) -> dict[str, dict[date, bool]]:
+    """The days each partitioned table has a table for, and whether it is attached (a
+    detached one is a day retention has yet to finish dropping)."""
+    found: dict[str, dict[date, bool]] = {table: {} for table in PARTITIONED}
+    for row in await connection.exec_driver_sql(_PARTITIONS):
+        name, attached = str(row.partition), bool(row.attached)
+        table, _, stamp = name.rpartition("_p")
+        found[table][datetime.strptime(stamp, "%Y%m%d").replace(tzinfo=UTC).date()] = attached
+    return found
+
+
+async def ensure_partitions(
+    connection: AsyncConnection, *, today: date, first: date | None = None
+) -> list[str]:
+    """Make the partitions missing from ``first`` (default: ``today``) to
+    ``AHEAD_DAYS`` after ``today``, in the caller's transaction; returns their names.
+    Nothing on SQLite or an unpartitioned schema (before 0013)."""
+    if not await is_partitioned(connection):
+        return []
+    existing = await partition_days(connection)
+    made: list[str] = []
+    for day in days(first or today, today + timedelta(days=AHEAD_DAYS)):
+        for table in PARTITIONED:
+            if day in existing[table]:
+                continue
+            if not made:
+                await connection.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+            for statement in partition_statements(table, day):
+                await connection.exec_driver_sql(statement)
+            made.append(partition_name(table, day))
+    return made
