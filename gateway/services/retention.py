@@ -161,9 +161,8 @@ class RetentionService:
             found = await partitions.partition_days(connection)
         latest = max(floors.values())
         for table in ("events", "delivery_attempts"):
-            for day, attached in sorted(found[table].items()):
-                _start, end = partitions.day_bounds(day)
-                if attached:
+            for day, end in sorted(found[table].items()):
+                if end is not None:
                     if end > latest:
                         continue
                     keeping = [account for account, floor in floors.items() if floor < end]
@@ -174,7 +173,7 @@ class RetentionService:
                             ):
                                 continue
                 try:
-                    await self._drop_day(table, day, attached=attached, purged=purged)
+                    await self._drop_day(table, day, attached=end is not None, purged=purged)
                 except DBAPIError as exc:
                     if not _lock_not_available(exc):
                         raise

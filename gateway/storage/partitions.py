@@ -55,6 +55,7 @@ dedupe_table = Table(
 
 _DAY_MS = 86_400_000
 _PARTITION = re.compile(r"(events|event_tags|delivery_attempts)_p[0-9]{8}")
+_UPPER_BOUND = re.compile(r"TO \('?([0-9]+)'?\)")
 
 
 def declared_by_models(
@@ -91,14 +92,17 @@ def days(first: date, last: date) -> Iterator[date]:
         day += timedelta(days=1)
 
 
-def partition_statements(table: str, day: date) -> list[str]:
-    """Make ``day``'s partition of ``table``: a table like it, then attached. Attaching
-    takes a lock that lets ingest and reads go on (CREATE TABLE … PARTITION OF would
-    stop them); the empty table's indexes and constraints are made as it is attached."""
+def partition_statements(table: str, day: date, *, until: date | None = None) -> list[str]:
+    """Make the partition of ``table`` that begins with ``day`` and ends before
+    ``until`` (default: the day after; the migration keeps a database's older rows in
+    one partition). A table like it, then attached: attaching takes a lock that lets
+    ingest and reads go on (CREATE TABLE … PARTITION OF would stop them); the empty
+    table's indexes and constraints are made as it is attached."""
     if table not in PARTITIONED:
         raise ValueError(f"not a partitioned table: {table!r}")
     name = partition_name(table, day)
-    start, end = day_bounds(day)
+    start = day_bounds(day)[0]
+    end = day_bounds(until - timedelta(days=1) if until is not None else day)[1]
     # Only a known table name, a name made of it and a date, and integers go in.
     return [
         f'CREATE TABLE "{name}" (LIKE "{table}" INCLUDING DEFAULTS)',
@@ -107,7 +111,7 @@ def partition_statements(table: str, day: date) -> list[str]:
 
 
 _PARTITIONS = (
-    "SELECT c.relname AS partition, c.relispartition AS attached FROM pg_class c"
+    "SELECT c.relname AS partition, pg_get_expr(c.relpartbound, c.oid) AS bound FROM pg_class c"
     " WHERE c.relkind = 'r' AND pg_table_is_visible(c.oid)"
     " AND c.relname ~ '^(events|event_tags|delivery_attempts)_p[0-9]{8}$'"
 )
@@ -123,14 +127,15 @@ async def is_partitioned(connection: AsyncConnection) -> bool:
     return bool(result.scalar_one_or_none())
 
 
-async def partition_days(connection: AsyncConnection) -> dict[str, dict[date, bool]]:
-    """The days each partitioned table has a table for, and whether it is attached (a
-    detached one is a day retention has yet to finish dropping)."""
-    found: dict[str, dict[date, bool]] = {table: {} for table in PARTITIONED}
+async def partition_days(connection: AsyncConnection) -> dict[str, dict[date, int | None]]:
+    """The partitions of each partitioned table, by their first day, with the id they
+    end before; None for one detached (a day retention has yet to finish dropping)."""
+    found: dict[str, dict[date, int | None]] = {table: {} for table in PARTITIONED}
     for row in await connection.exec_driver_sql(_PARTITIONS):
-        name, attached = str(row.partition), bool(row.attached)
-        table, _, stamp = name.rpartition("_p")
-        found[table][datetime.strptime(stamp, "%Y%m%d").replace(tzinfo=UTC).date()] = attached
+        table, _, stamp = str(row.partition).rpartition("_p")
+        day = datetime.strptime(stamp, "%Y%m%d").replace(tzinfo=UTC).date()
+        end = None if row.bound is None else _UPPER_BOUND.search(row.bound)
+        found[table][day] = None if end is None else int(end.group(1))
     return found
 
 
