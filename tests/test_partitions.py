@@ -25,13 +25,19 @@ from gateway.storage import events as event_store
 from gateway.storage.db import begin_write, make_engine, migrate
 from gateway.storage.events import NewEvent
 from gateway.storage.events.rows import _row_values, events_table, stored_tags, tags_table
-from gateway.storage.partitions import AHEAD_DAYS, day_bounds, ensure_partitions, partition_name
+from gateway.storage.partitions import (
+    day_bounds,
+    ensure_partitions,
+    partition_days,
+    partition_name,
+)
 from tests.conftest import _admin
 from tests.support import delivered_events
 from tests.test_migrations import command_upgrade
 from tests.test_retention import assert_counts_match_events
 
 DAY = timedelta(days=1)
+WEEK = timedelta(days=7)
 TABLES = ("events", "event_tags", "delivery_attempts")
 
 
@@ -87,10 +93,14 @@ async def test_the_migration_makes_the_partitions_of_today_and_ahead(
 ) -> None:
     await migrate(database)
     today = datetime.now(UTC).date()
+    # Today's partition ends on Sunday; then a week each, to two weeks ahead.
+    monday = today + timedelta(days=7 - today.weekday())
+    starts = [
+        today,
+        *(monday + n * WEEK for n in range(3) if monday + n * WEEK <= today + 14 * DAY),
+    ]
     for table in TABLES:
-        assert await partitions(database, table) == {
-            partition_name(table, today + n * DAY) for n in range(AHEAD_DAYS + 1)
-        }
+        assert await partitions(database, table) == {partition_name(table, day) for day in starts}
     async with database.connect() as connection:
         kinds = await connection.exec_driver_sql(
             "SELECT relname, relkind FROM pg_class WHERE relname = ANY($1)",
@@ -162,16 +172,10 @@ async def test_a_migrated_database_keeps_its_rows_and_their_dedupe_keys(
         )
         placed = {int(event_id): str(name) for name, event_id in where}
     assert after == before
-    # The oldest rows share one partition; the recent ones have their day's.
-    day = datetime.now(UTC).date()
-    assert (
-        placed[news[0].id]
-        == placed[news[1].id]
-        == partition_name("events", (now - 50 * DAY).date())
-    )
-    assert placed[news[2].id] == partition_name("events", (now - 2 * DAY).date())
+    # The rows of before today share one partition, from the oldest one's day.
+    oldest = partition_name("events", (now - 50 * DAY).date())
+    assert placed[news[0].id] == placed[news[1].id] == placed[news[2].id] == oldest
     assert placed[news[3].id] == partition_name("events", (now - timedelta(minutes=5)).date())
-    assert partition_name("events", day + AHEAD_DAYS * DAY) in await partitions(database, "events")
     # A provider's retry of a moved event is a duplicate, received today.
     retry = [NewEvent(news[3].id + 100, 7, None, news[0].event)]
     async with begin_write(database) as connection:
@@ -237,7 +241,10 @@ async def test_retention_drops_the_expired_days_and_purges_the_rest_exactly(
     async with begin_write(database) as connection:
         await new_account(connection, 7, None)
         await new_account(connection, 8, 3)
-        await ensure_partitions(connection, today=now.date(), first=(now - 4 * DAY).date())
+        # A partition a day for the past days (the migration's begin today).
+        await ensure_partitions(
+            connection, today=now.date(), first=(now - 4 * DAY).date(), period_days=1
+        )
     for age in ages:
         for account_id in (7, 8):
             if account_id == 8 and age != timedelta(hours=54):
@@ -246,23 +253,29 @@ async def test_retention_drops_the_expired_days_and_purges_the_rest_exactly(
             async with begin_write(database) as connection:
                 stored = await event_store.insert_events(connection, events=batch, now=now - age)
             stamped[account_id][age] = sorted(stored)
-    days_before = await partitions(database, "events")
+    async with database.connect() as connection:
+        bounds_before = {
+            day: bounds
+            for day, bounds in (await partition_days(connection))["events"].items()
+            if bounds is not None
+        }
 
     purged = await RetentionService(database, default_days=1, batch_size=25).purge(now)
 
     kept_day = (now - timedelta(hours=54)).date()
     floor = id_floor_for_ms(int((now - DAY).timestamp() * 1000))
+    async with database.connect() as connection:
+        bounds = (await partition_days(connection))["events"]
     expired = {
-        name
-        for name in days_before
-        if day_bounds(datetime.strptime(name[-8:], "%Y%m%d").date())[1] <= floor
-        and name != partition_name("events", kept_day)
+        partition_name("events", day)
+        for day, (start, end) in bounds_before.items()
+        if end <= floor and day != kept_day
     }
     assert expired  # at least the day of 78 hours ago
-    assert await partitions(database, "events") == days_before - expired
-    assert {f"events_p{name[-8:]}" for name in purged.partitions if name.startswith("events_")} == (
-        expired
-    )
+    assert set(bounds) == set(bounds_before) - {
+        datetime.strptime(n[-8:], "%Y%m%d").date() for n in expired
+    }
+    assert {name for name in purged.partitions if name.startswith("events_")} == expired
     assert partition_name("event_tags", kept_day) in await partitions(database, "event_tags")
     async with database.connect() as connection:
         remaining = await connection.exec_driver_sql(
@@ -318,7 +331,9 @@ async def test_reads_walk_indexes_and_only_the_partitions_their_ids_allow(
     now = datetime.now(UTC)
     async with begin_write(database) as connection:
         await new_account(connection, 7, None)
-        await ensure_partitions(connection, today=now.date(), first=(now - 3 * DAY).date())
+        await ensure_partitions(
+            connection, today=now.date(), first=(now - 3 * DAY).date(), period_days=1
+        )
         news = [new for age in range(4) for new in received_at(now - age * DAY, 2500, 7, "p")]
         await event_store.insert_events(connection, events=news, now=now)
         await connection.exec_driver_sql("ANALYZE")

@@ -9,14 +9,15 @@ Every batch (at most ``batch_size`` rows) is a transaction of its own, taken lik
 other writer's (storage.db.begin_write), so ingest waits at most one short batch.
 The workers run :meth:`RetentionService.purge` on arq's cron (gateway.worker).
 
-On PostgreSQL, events, their tags and delivery attempts are kept in a partition a UTC
-day (storage.partitions). Each run first makes the partitions of the days ahead, then
-drops every day in which no row is younger than its own account's retention (no
-account with a longer retention has a row in it): a day's rows go at once, counted off
-tag_counts and the eventStats rollup from the partition itself. The batches then purge
-what is left to purge, row by row as on SQLite: rows in a day that another account's
-longer retention keeps, and the expired part of the day the cut-off falls in. The
-drops come first, so the batches never walk rows a drop would take.
+On PostgreSQL, events, their tags and delivery attempts are kept in partitions of a
+week (storage.partitions). Each run first makes the partitions of the days ahead,
+then drops every partition in which no row is younger than its own account's
+retention (no account with a longer retention has a row in it): its rows go at once,
+counted off tag_counts and the eventStats rollup from the partition itself. The
+batches then purge what is left to purge, row by row as on SQLite: rows in a
+partition that another account's longer retention keeps, and the expired part of the
+partition the cut-off falls in. The drops come first, so the batches never walk rows
+a drop would take.
 """
 
 from __future__ import annotations
@@ -161,8 +162,9 @@ class RetentionService:
             found = await partitions.partition_days(connection)
         latest = max(floors.values())
         for table in ("events", "delivery_attempts"):
-            for day, end in sorted(found[table].items()):
-                if end is not None:
+            for day, bounds in sorted(found[table].items()):
+                if bounds is not None:
+                    end = bounds[1]
                     if end > latest:
                         continue
                     keeping = [account for account, floor in floors.items() if floor < end]
@@ -173,7 +175,7 @@ class RetentionService:
                             ):
                                 continue
                 try:
-                    await self._drop_day(table, day, attached=end is not None, purged=purged)
+                    await self._drop_day(table, day, attached=bounds is not None, purged=purged)
                 except DBAPIError as exc:
                     if not _lock_not_available(exc):
                         raise
@@ -190,7 +192,9 @@ class RetentionService:
             async with begin_write(self._engine) as connection:
                 await store.detach_events_day(connection, day=day)
         async with begin_write(self._engine) as connection:
-            per_account = await store.drop_detached_events_day(connection, day=day)
+            per_account = await store.empty_detached_events_day(connection, day=day)
+        async with begin_write(self._engine) as connection:
+            await store.drop_detached_events_day(connection, day=day)
         purged.events += sum(per_account.values())
         purged.accounts.update(per_account)
         purged.partitions += [

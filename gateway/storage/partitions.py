@@ -1,17 +1,21 @@
-"""PostgreSQL: events, their tag rows and delivery attempts in daily partitions.
+"""PostgreSQL: events, their tag rows and delivery attempts in partitions by week.
 
 ``events`` and ``delivery_attempts`` are partitioned by range of ``id``, and
 ``event_tags`` by range of ``event_id``: ids begin with the millisecond they were
-minted (gateway.ids), so a range of ids is a span of time of receipt, and one UTC day
-is one partition of each table (``events_p20261129`` and so on). Keyed by id, the
-primary keys stay what they were, "newest first" reads the partitions in order and a
-cursor (``id < after``) prunes the newer ones.
+minted (gateway.ids), so a range of ids is a span of time of receipt. A partition
+covers whole UTC days, ``PERIOD_DAYS`` of them (a week, Monday to Sunday), and is
+named after its first day (``events_p20261130``). Keyed by id, the primary keys stay
+what they were, "newest first" reads the partitions in order and a cursor
+(``id < after``) prunes the newer ones. A week, not a day: a query that no id bounds
+is planned over every partition (1.5 ms more for an all-of-tags query over 15 daily
+partitions than over one table), and 90 days of retention are 13 weeks, not 90 days.
 
 There is no DEFAULT partition: every day from the oldest row's to ``AHEAD_DAYS``
-ahead has its partitions, made by the migration, by ``gateway migrate``, when a
+ahead has its partition, made by the migration, by ``gateway migrate``, when a
 gateway or worker starts and on every retention run (services.retention). Without a
 default, "newest first" reads partitions one after another (PostgreSQL's ordered
-Append) instead of merging all of them, and a day is detached without scanning one.
+Append) instead of merging all of them, and a partition is detached without scanning
+one.
 
 A unique index of a partitioned table must include the partition key, so the rule
 "an account stores a dedupe key once" cannot be ``events``' own any more: it is
@@ -23,7 +27,6 @@ statement as the events (storage.events.write) and purged with them
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
@@ -35,7 +38,10 @@ from gateway.ids import id_floor_for_ms, ms_of_id
 # The partitioned tables, each with its partition key.
 PARTITIONED: dict[str, str] = {"events": "id", "event_tags": "event_id", "delivery_attempts": "id"}
 PartitionedTable = Literal["events", "event_tags", "delivery_attempts"]
-# Days made ahead of today: ingest never waits for a partition, even if no retention
+# Days each new partition covers (the last one before a partition that exists may be
+# shorter), from a Monday.
+PERIOD_DAYS = 7
+# Days covered ahead of today: ingest never waits for a partition, even if no retention
 # run happens for that long (its workers all stopped).
 AHEAD_DAYS = 14
 # How long a partition's creation, detach or drop waits for the table's lock before
@@ -55,7 +61,7 @@ dedupe_table = Table(
 
 _DAY_MS = 86_400_000
 _PARTITION = re.compile(r"(events|event_tags|delivery_attempts)_p[0-9]{8}")
-_UPPER_BOUND = re.compile(r"TO \('?([0-9]+)'?\)")
+_BOUNDS = re.compile(r"FROM \('?([0-9]+)'?\) TO \('?([0-9]+)'?\)")
 
 
 def declared_by_models(
@@ -70,44 +76,72 @@ def declared_by_models(
 
 
 def day_of_id(id_: int) -> date:
-    """The UTC day whose partition holds ``id_``."""
+    """The UTC day ``id_`` was minted in."""
     return datetime.fromtimestamp(ms_of_id(id_) / 1000, UTC).date()
 
 
+def day_start(day: date) -> int:
+    """The first id of ``day`` (UTC)."""
+    return id_floor_for_ms(
+        int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+    )
+
+
 def day_bounds(day: date) -> tuple[int, int]:
-    """The ids of ``day``'s partitions: from the first, up to (not including) the last."""
-    start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
-    return id_floor_for_ms(start), id_floor_for_ms(start + _DAY_MS)
+    """The ids of ``day``: from the first, up to (not including) the next day's first."""
+    return day_start(day), day_start(day + timedelta(days=1))
 
 
 def partition_name(table: str, day: date) -> str:
+    """The name of ``table``'s partition that begins with ``day``."""
     return f"{table}_p{day:%Y%m%d}"
 
 
-def days(first: date, last: date) -> Iterator[date]:
-    """Every day from ``first`` to ``last``, both included."""
-    day = first
-    while day <= last:
-        yield day
-        day += timedelta(days=1)
+def period_start(day: date, period_days: int) -> date:
+    """The first day of the period ``day`` is in: periods of ``period_days`` follow each
+    other from Monday 1969-12-29 (weeks begin on Mondays)."""
+    offset = (day - _FIRST_MONDAY).days
+    return _FIRST_MONDAY + timedelta(days=offset // period_days * period_days)
 
 
-def partition_statements(table: str, day: date, *, until: date | None = None) -> list[str]:
-    """Make the partition of ``table`` that begins with ``day`` and ends before
-    ``until`` (default: the day after; the migration keeps a database's older rows in
-    one partition). A table like it, then attached: attaching takes a lock that lets
-    ingest and reads go on (CREATE TABLE … PARTITION OF would stop them); the empty
-    table's indexes and constraints are made as it is attached."""
+_FIRST_MONDAY = date(1969, 12, 29)
+
+
+def partition_statements(table: str, first: date, until: date) -> list[str]:
+    """Make the partition of ``table`` for the days from ``first`` up to (not
+    including) ``until``. A table like it, then attached: attaching takes a lock that
+    lets ingest and reads go on (CREATE TABLE … PARTITION OF would stop them); the
+    empty table's indexes and constraints are made as it is attached."""
     if table not in PARTITIONED:
         raise ValueError(f"not a partitioned table: {table!r}")
-    name = partition_name(table, day)
-    start = day_bounds(day)[0]
-    end = day_bounds(until - timedelta(days=1) if until is not None else day)[1]
+    name = partition_name(table, first)
     # Only a known table name, a name made of it and a date, and integers go in.
     return [
         f'CREATE TABLE "{name}" (LIKE "{table}" INCLUDING DEFAULTS)',
-        f'ALTER TABLE "{table}" ATTACH PARTITION "{name}" FOR VALUES FROM ({start}) TO ({end})',
+        f'ALTER TABLE "{table}" ATTACH PARTITION "{name}"'
+        f" FOR VALUES FROM ({day_start(first)}) TO ({day_start(until)})",
     ]
+
+
+def missing_ranges(
+    existing: list[tuple[date, date]], first: date, until: date, period_days: int
+) -> list[tuple[date, date]]:
+    """The partitions (first day, day after the last) to make so that every day from
+    ``first`` up to ``until`` has one, beside the ``existing`` ones: a period each, cut
+    short where an existing partition begins."""
+    made: list[tuple[date, date]] = []
+    day = first
+    covered = sorted(existing)
+    while day < until:
+        inside = next((end for start, end in covered if start <= day < end), None)
+        if inside is not None:
+            day = inside
+            continue
+        end = period_start(day, period_days) + timedelta(days=period_days)
+        end = min([end, *(start for start, _end in covered if start > day)])
+        made.append((day, end))
+        day = end
+    return made
 
 
 _PARTITIONS = (
@@ -127,35 +161,45 @@ async def is_partitioned(connection: AsyncConnection) -> bool:
     return bool(result.scalar_one_or_none())
 
 
-async def partition_days(connection: AsyncConnection) -> dict[str, dict[date, int | None]]:
-    """The partitions of each partitioned table, by their first day, with the id they
-    end before; None for one detached (a day retention has yet to finish dropping)."""
-    found: dict[str, dict[date, int | None]] = {table: {} for table in PARTITIONED}
+async def partition_days(
+    connection: AsyncConnection,
+) -> dict[str, dict[date, tuple[int, int] | None]]:
+    """The partitions of each partitioned table, by their first day, with their ids
+    (from, up to); None for one detached (retention has yet to finish dropping it)."""
+    found: dict[str, dict[date, tuple[int, int] | None]] = {table: {} for table in PARTITIONED}
     for row in await connection.exec_driver_sql(_PARTITIONS):
         table, _, stamp = str(row.partition).rpartition("_p")
         day = datetime.strptime(stamp, "%Y%m%d").replace(tzinfo=UTC).date()
-        end = None if row.bound is None else _UPPER_BOUND.search(row.bound)
-        found[table][day] = None if end is None else int(end.group(1))
+        bounds = None if row.bound is None else _BOUNDS.search(row.bound)
+        found[table][day] = None if bounds is None else (int(bounds[1]), int(bounds[2]))
     return found
 
 
 async def ensure_partitions(
-    connection: AsyncConnection, *, today: date, first: date | None = None
+    connection: AsyncConnection,
+    *,
+    today: date,
+    first: date | None = None,
+    period_days: int = PERIOD_DAYS,
 ) -> list[str]:
-    """Make the partitions missing from ``first`` (default: ``today``) to
-    ``AHEAD_DAYS`` after ``today``, in the caller's transaction; returns their names.
-    Nothing on SQLite or an unpartitioned schema (before 0013)."""
+    """Make the partitions missing for the days from ``first`` (default: ``today``)
+    to ``AHEAD_DAYS`` after ``today``, in the caller's transaction; returns their
+    names. Nothing on SQLite or an unpartitioned schema (before 0013)."""
     if not await is_partitioned(connection):
         return []
-    existing = await partition_days(connection)
+    found = await partition_days(connection)
+    until = today + timedelta(days=AHEAD_DAYS + 1)
     made: list[str] = []
-    for day in days(first or today, today + timedelta(days=AHEAD_DAYS)):
-        for table in PARTITIONED:
-            if day in existing[table]:
-                continue
+    for table in PARTITIONED:
+        existing = [
+            (day_of_id(bounds[0]), day_of_id(bounds[1]))
+            for bounds in found[table].values()
+            if bounds is not None
+        ]
+        for start, end in missing_ranges(existing, first or today, until, period_days):
             if not made:
                 await connection.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
-            for statement in partition_statements(table, day):
+            for statement in partition_statements(table, start, end):
                 await connection.exec_driver_sql(statement)
-            made.append(partition_name(table, day))
+            made.append(partition_name(table, start))
     return made

@@ -255,11 +255,15 @@ async def detach_events_day(connection: AsyncConnection, *, day: date) -> None:
             await connection.exec_driver_sql(f'ALTER TABLE "{table}" DETACH PARTITION "{name}"')
 
 
-async def drop_detached_events_day(connection: AsyncConnection, *, day: date) -> dict[int, int]:
-    """Drop ``day``'s detached events and tag rows, taking them off tag_counts and the
-    eventStats rollup and deleting their dedupe keys, in the caller's transaction (a
-    day dropped is a day counted off, or neither). Returns how many events each
-    account had in it."""
+async def empty_detached_events_day(connection: AsyncConnection, *, day: date) -> dict[int, int]:
+    """Empty ``day``'s detached events and tag rows (TRUNCATE), taking them off
+    tag_counts and the eventStats rollup and deleting their dedupe keys, in the
+    caller's transaction (a day emptied is a day counted off, or neither; a second
+    run finds nothing to count). Returns how many events each account had in it.
+
+    Dropping the emptied tables is :func:`drop_detached_events_day`, a transaction of
+    its own: a table's drop locks ``accounts`` (its foreign key) for a moment, and must
+    not wait for it while holding the counts' rows, which ingest may be waiting for."""
     events, tags = partition_name("events", day), partition_name("event_tags", day)
     await connection.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
     per_account: dict[int, int] = {}
@@ -287,8 +291,17 @@ async def drop_detached_events_day(connection: AsyncConnection, *, day: date) ->
         if per_tag_count := {(row.account_id, row.tag): int(row.n) for row in per_tag}:
             await _take_off_tag_counts(connection, per_tag_count)
     for name in (tags, events):
-        await connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}"')
+        if await _exists(connection, name):
+            await connection.exec_driver_sql(f'TRUNCATE "{name}"')
     return per_account
+
+
+async def drop_detached_events_day(connection: AsyncConnection, *, day: date) -> None:
+    """Drop ``day``'s emptied, detached events and tag rows (gives up like
+    :func:`detach_events_day`)."""
+    await connection.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+    for table in ("event_tags", "events"):
+        await connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{partition_name(table, day)}"')
 
 
 async def drop_attempts_day(connection: AsyncConnection, *, day: date) -> None:

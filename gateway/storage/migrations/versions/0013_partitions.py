@@ -1,4 +1,4 @@
-"""partitions: events, event tags and delivery attempts in daily partitions (PostgreSQL)
+"""partitions: events, event tags and delivery attempts in weekly partitions (PostgreSQL)
 
 Revision ID: 0013
 Revises: 0012
@@ -6,12 +6,12 @@ Create Date: 2026-11-29 18:40:00
 
 PostgreSQL only (a no-op on SQLite, which keeps one table of each): ``events`` and
 ``delivery_attempts`` become partitioned by range of ``id``, ``event_tags`` by range of
-``event_id``, one partition a UTC day (gateway.storage.partitions) from the day of
-each table's oldest row (or 35 days ago, older rows sharing one partition) to two
-weeks ahead. Each table is renamed, a partitioned one
-takes its name, the rows are copied over, the old table is dropped and the keys and
-indexes are made again under their own names. The unique (account, dedupe key) rule
-moves to the new ``event_dedupe`` table, filled from the events.
+``event_id`` (gateway.storage.partitions): the rows received before today in one
+partition, then a partition a week (Monday to Sunday) from today to two weeks ahead.
+Each table is renamed, a partitioned one takes its name, the rows are copied over, the
+old table is dropped and the keys and indexes are made again under their own names.
+The unique (account, dedupe key) rule moves to the new ``event_dedupe`` table, filled
+from the events.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from alembic import op
 from gateway.storage.partitions import (
     AHEAD_DAYS,
     PARTITIONED,
+    PERIOD_DAYS,
     day_of_id,
-    days,
+    missing_ranges,
     partition_statements,
 )
 
@@ -60,7 +61,6 @@ _KEYS = {
         "CREATE INDEX ix_attempts_webhook ON delivery_attempts (webhook_id, id)",
     ],
 }
-DAILY_BACK = 35
 _UNIQUE_DEDUPE = (
     "ALTER TABLE events ADD CONSTRAINT uq_events_account_dedupe UNIQUE (account_id, dedupe_key)"
 )
@@ -89,16 +89,15 @@ def upgrade() -> None:
         op.execute(
             f'CREATE TABLE "{table}" (LIKE "{old}" INCLUDING DEFAULTS) PARTITION BY RANGE ("{key}")'
         )
-        # A partition a day for the last weeks; older rows (a database that kept
-        # everything before retention came) in one partition, which retention drops
-        # once all of them have expired: a partition a day of years would be
-        # thousands of tables made in one transaction.
-        daily = max(first, today - timedelta(days=DAILY_BACK))
-        if first < daily:
-            for statement in partition_statements(table, first, until=daily):
-                op.execute(statement)
-        for day in days(daily, today + timedelta(days=AHEAD_DAYS)):
-            for statement in partition_statements(table, day):
+        # The rows received before today in one partition (retention drops it once
+        # all of them have expired; a partition a week of years would be hundreds of
+        # tables made in one transaction), then a partition a week from today on.
+        existing = [(first, today)] if first < today else []
+        ranges = existing + missing_ranges(
+            existing, today, today + timedelta(days=AHEAD_DAYS + 1), PERIOD_DAYS
+        )
+        for start, end in ranges:
+            for statement in partition_statements(table, start, end):
                 op.execute(statement)
         op.execute(f'INSERT INTO "{table}" SELECT * FROM "{old}"')  # noqa: S608
         op.execute(f'DROP TABLE "{old}"')
