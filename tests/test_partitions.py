@@ -10,7 +10,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,8 +28,10 @@ from gateway.storage.events.rows import _row_values, events_table, stored_tags, 
 from gateway.storage.partitions import (
     day_bounds,
     ensure_partitions,
+    missing_ranges,
     partition_days,
     partition_name,
+    period_start,
 )
 from tests.conftest import _admin
 from tests.support import delivered_events
@@ -86,6 +88,24 @@ def received_at(moment: datetime, count: int, account_id: int, tag: str) -> list
         )
         for n, event in enumerate(delivered_events(count))
     ]
+
+
+def test_new_partitions_are_weeks_cut_short_where_one_exists() -> None:
+    monday = date(2026, 11, 30)
+    thursday = monday + 3 * DAY
+    assert period_start(thursday, 7) == monday
+    assert missing_ranges([], thursday, thursday + 15 * DAY, 7) == [
+        (thursday, monday + WEEK),
+        (monday + WEEK, monday + 2 * WEEK),
+        (monday + 2 * WEEK, monday + 3 * WEEK),
+    ]
+    # Around one that exists (made with another period, or the migration's older rows).
+    existing = [(monday + 9 * DAY, monday + 10 * DAY)]
+    assert missing_ranges(existing, monday + WEEK, monday + 2 * WEEK, 7) == [
+        (monday + WEEK, monday + 9 * DAY),
+        (monday + 10 * DAY, monday + 2 * WEEK),
+    ]
+    assert missing_ranges([(monday, monday + WEEK)], thursday, monday + WEEK, 7) == []
 
 
 async def test_the_migration_makes_the_partitions_of_today_and_ahead(
