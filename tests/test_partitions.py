@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -22,7 +23,7 @@ from gateway.ids import id_floor_for_ms
 from gateway.services.retention import RetentionService
 from gateway.settings import async_database_url
 from gateway.storage import events as event_store
-from gateway.storage.db import begin_write, make_engine, migrate
+from gateway.storage.db import alembic_config, begin_write, make_engine, migrate
 from gateway.storage.events import NewEvent
 from gateway.storage.events.rows import _row_values, events_table, stored_tags, tags_table
 from gateway.storage.partitions import (
@@ -41,6 +42,12 @@ from tests.test_retention import assert_counts_match_events
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
 TABLES = ("events", "event_tags", "delivery_attempts")
+
+
+def command_downgrade(connection: Any, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)
 
 
 @pytest.fixture
@@ -132,6 +139,50 @@ async def test_the_migration_makes_the_partitions_of_today_and_ahead(
             "delivery_attempts": b"p",
             "event_dedupe": b"r",
         }
+
+
+async def test_processes_starting_at_once_make_each_partition_once(
+    database: AsyncEngine,
+) -> None:
+    await migrate(database)
+    today = datetime.now(UTC).date()
+
+    async def ensure() -> list[str]:
+        async with begin_write(database) as connection:
+            return await ensure_partitions(connection, today=today, first=today - 20 * DAY)
+
+    first, second = await asyncio.gather(ensure(), ensure())
+    made = sorted([*first, *second])
+    assert made and not (first and second)
+    assert len(made) == len(set(made))
+    assert set(made) <= set().union(*[await partitions(database, table) for table in TABLES])
+
+
+async def test_the_migration_goes_back_down_to_one_table_with_its_rows(
+    database: AsyncEngine,
+) -> None:
+    await migrate(database)
+    now = datetime.now(UTC)
+    async with begin_write(database) as connection:
+        await new_account(connection, 7, None)
+        news = received_at(now, 3, 7, "down")
+        await event_store.insert_events(connection, events=news, now=now)
+    async with database.begin() as connection:
+        await connection.run_sync(lambda sync: command_downgrade(sync, "0012"))
+    async with database.connect() as connection:
+        kinds = await connection.exec_driver_sql(
+            "SELECT relname, relkind FROM pg_class WHERE relname = ANY($1)",
+            ([*TABLES, "event_dedupe", partition_name("events", now.date())],),
+        )
+        assert {str(name): kind for name, kind in kinds} == {
+            "events": b"r",
+            "event_tags": b"r",
+            "delivery_attempts": b"r",
+        }
+        stored = await connection.exec_driver_sql("SELECT id FROM events ORDER BY id")
+        assert [int(i) for i in stored.scalars()] == sorted(new.id for new in news)
+    await migrate(database)  # and up again
+    assert partition_name("events", now.date()) in await partitions(database, "events")
 
 
 async def test_a_migrated_database_keeps_its_rows_and_their_dedupe_keys(

@@ -59,7 +59,8 @@ dedupe_table = Table(
     Column("event_id", BigInteger, nullable=False),
 )
 
-_DAY_MS = 86_400_000
+# pg_advisory_xact_lock's key for making partitions (the bytes of "partitio").
+_ENSURE_LOCK = int.from_bytes(b"partitio", "big") >> 1
 _PARTITION = re.compile(r"(events|event_tags|delivery_attempts)_p[0-9]{8}")
 _BOUNDS = re.compile(r"FROM \('?([0-9]+)'?\) TO \('?([0-9]+)'?\)")
 
@@ -187,6 +188,9 @@ async def ensure_partitions(
     names. Nothing on SQLite or an unpartitioned schema (before 0013)."""
     if not await is_partitioned(connection):
         return []
+    # Gateways and workers starting at once: one makes what is missing, the others then
+    # find it made (the catalog is read after the lock is granted).
+    await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_ENSURE_LOCK})")
     found = await partition_days(connection)
     until = today + timedelta(days=AHEAD_DAYS + 1)
     made: list[str] = []

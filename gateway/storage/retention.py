@@ -241,9 +241,10 @@ async def has_rows_of(
 
 
 async def detach_events_day(connection: AsyncConnection, *, day: date) -> None:
-    """Take ``day``'s events and tag rows out of ``events`` and ``event_tags``: reads no
-    longer see them; :func:`drop_detached_events_day` then counts them off and drops
-    them. Brief, and holds no row lock, so that no ingest can deadlock with it; gives
+    """Take the events and tag rows of the partition that begins with ``day`` out of
+    ``events`` and ``event_tags``: reads no longer see them; then
+    :func:`empty_detached_events_day` counts them off and :func:`drop_detached_events_day`
+    drops them. Brief, and holds no row lock, so that no ingest can deadlock with it; gives
     up (LockNotAvailable) if the tables are not free within LOCK_TIMEOUT_MS."""
     await connection.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
     for table in ("events", "event_tags"):
