@@ -111,7 +111,7 @@ class RetentionService:
         }
         if not is_sqlite(self._engine):
             await self.ensure_partitions(now)
-            await self._drop_expired_days(floors, purged)
+            await self._drop_expired_partitions(floors, purged)
         for account_id, below in floors.items():
             before = purged.total
             await self._purge_account(account_id, below, now, purged)
@@ -151,15 +151,15 @@ class RetentionService:
             log.info("made partitions %s", ", ".join(made))
         return made
 
-    async def _drop_expired_days(self, floors: dict[int, int], purged: Purged) -> None:
-        """Drop the days (partitions) that hold no row younger than its account's
-        retention: days before every floor, or whose rows are all of accounts whose
-        floor is past the day's end. A day left detached by a run cut short is
-        finished first."""
+    async def _drop_expired_partitions(self, floors: dict[int, int], purged: Purged) -> None:
+        """Drop the partitions that hold no row younger than its account's retention:
+        those that end before every account's floor, or whose rows are all of accounts
+        whose floor is past their end. One left detached by a run cut short is
+        finished."""
         if not floors:
             return
         async with self._engine.connect() as connection:
-            found = await partitions.partition_days(connection)
+            found = await partitions.existing_partitions(connection)
         latest = max(floors.values())
         for table in ("events", "delivery_attempts"):
             for day, bounds in sorted(found[table].items()):
@@ -175,26 +175,30 @@ class RetentionService:
                             ):
                                 continue
                 try:
-                    await self._drop_day(table, day, attached=bounds is not None, purged=purged)
+                    await self._drop_partition(
+                        table, day, attached=bounds is not None, purged=purged
+                    )
                 except DBAPIError as exc:
                     if not _lock_not_available(exc):
                         raise
                     log.warning("partition %s not dropped: busy; next run", day)
                     break
 
-    async def _drop_day(self, table: str, day: date, *, attached: bool, purged: Purged) -> None:
+    async def _drop_partition(
+        self, table: str, day: date, *, attached: bool, purged: Purged
+    ) -> None:
         if table == "delivery_attempts":
             async with begin_write(self._engine) as connection:
-                await store.drop_attempts_day(connection, day=day)
+                await store.drop_attempts_partition(connection, day=day)
             purged.partitions.append(partitions.partition_name(table, day))
             return
         if attached:
             async with begin_write(self._engine) as connection:
-                await store.detach_events_day(connection, day=day)
+                await store.detach_events_partition(connection, day=day)
         async with begin_write(self._engine) as connection:
-            per_account = await store.empty_detached_events_day(connection, day=day)
+            per_account = await store.empty_detached_events(connection, day=day)
         async with begin_write(self._engine) as connection:
-            await store.drop_detached_events_day(connection, day=day)
+            await store.drop_detached_events(connection, day=day)
         purged.events += sum(per_account.values())
         purged.accounts.update(per_account)
         purged.partitions += [

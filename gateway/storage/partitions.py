@@ -69,7 +69,7 @@ def declared_by_models(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
     """Alembic's ``include_object`` for a PostgreSQL database: leaves out what the
-    models do not declare there (each day's partitions, ``event_dedupe``) and the
+    models do not declare there (the partitions, ``event_dedupe``) and the
     events' unique dedupe constraint, which only SQLite has."""
     if type_ == "table" and name is not None:
         return name != dedupe_table.name and _PARTITION.fullmatch(name) is None
@@ -162,7 +162,7 @@ async def is_partitioned(connection: AsyncConnection) -> bool:
     return bool(result.scalar_one_or_none())
 
 
-async def partition_days(
+async def existing_partitions(
     connection: AsyncConnection,
 ) -> dict[str, dict[date, tuple[int, int] | None]]:
     """The partitions of each partitioned table, by their first day, with their ids
@@ -191,7 +191,7 @@ async def ensure_partitions(
     # Gateways and workers starting at once: one makes what is missing, the others then
     # find it made (the catalog is read after the lock is granted).
     await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_ENSURE_LOCK})")
-    found = await partition_days(connection)
+    found = await existing_partitions(connection)
     until = today + timedelta(days=AHEAD_DAYS + 1)
     made: list[str] = []
     for table in PARTITIONED:

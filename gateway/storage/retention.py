@@ -4,7 +4,7 @@
 (gateway.ids), so ``id < below_id`` (see ids.id_floor_for_ms) is what was received,
 created or attempted before a moment, read from the primary key or an index that ends
 in id. Each purge function deletes at most ``limit`` rows inside the caller's
-transaction. On PostgreSQL, whole days go at once as well: see the partition functions
+transaction. On PostgreSQL, whole partitions go at once as well: see the functions
 at the end (storage.partitions, services.retention).
 """
 
@@ -211,7 +211,7 @@ async def purge_rejected(
     return int(result.rowcount)
 
 
-# -- PostgreSQL: whole days at once (storage.partitions) -----------------------------
+# -- PostgreSQL: whole partitions at once (storage.partitions) -----------------------------
 
 
 # What an event's share of the eventStats rollup depends on (domain.stats), its hour
@@ -240,12 +240,12 @@ async def has_rows_of(
     return bool(result.scalar_one())
 
 
-async def detach_events_day(connection: AsyncConnection, *, day: date) -> None:
+async def detach_events_partition(connection: AsyncConnection, *, day: date) -> None:
     """Take the events and tag rows of the partition that begins with ``day`` out of
     ``events`` and ``event_tags``: reads no longer see them; then
-    :func:`empty_detached_events_day` counts them off and :func:`drop_detached_events_day`
-    drops them. Brief, and holds no row lock, so that no ingest can deadlock with it; gives
-    up (LockNotAvailable) if the tables are not free within LOCK_TIMEOUT_MS."""
+    :func:`empty_detached_events` counts them off and :func:`drop_detached_events`
+    drops them. Brief, and holds no row lock, so that no ingest can deadlock with it;
+    gives up (LockNotAvailable) if the tables are not free within LOCK_TIMEOUT_MS."""
     await connection.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
     for table in ("events", "event_tags"):
         name = partition_name(table, day)
@@ -256,13 +256,14 @@ async def detach_events_day(connection: AsyncConnection, *, day: date) -> None:
             await connection.exec_driver_sql(f'ALTER TABLE "{table}" DETACH PARTITION "{name}"')
 
 
-async def empty_detached_events_day(connection: AsyncConnection, *, day: date) -> dict[int, int]:
-    """Empty ``day``'s detached events and tag rows (TRUNCATE), taking them off
-    tag_counts and the eventStats rollup and deleting their dedupe keys, in the
-    caller's transaction (a day emptied is a day counted off, or neither; a second
-    run finds nothing to count). Returns how many events each account had in it.
+async def empty_detached_events(connection: AsyncConnection, *, day: date) -> dict[int, int]:
+    """Empty the detached partitions of events and tag rows that begin with ``day``
+    (TRUNCATE), taking them off tag_counts and the eventStats rollup and deleting their
+    dedupe keys, in the caller's transaction (a partition emptied is one counted off,
+    or neither; a second run finds nothing to count). Returns how many events each
+    account had in it.
 
-    Dropping the emptied tables is :func:`drop_detached_events_day`, a transaction of
+    Dropping the emptied tables is :func:`drop_detached_events`, a transaction of
     its own: a table's drop locks ``accounts`` (its foreign key) for a moment, and must
     not wait for it while holding the counts' rows, which ingest may be waiting for."""
     events, tags = partition_name("events", day), partition_name("event_tags", day)
@@ -297,17 +298,17 @@ async def empty_detached_events_day(connection: AsyncConnection, *, day: date) -
     return per_account
 
 
-async def drop_detached_events_day(connection: AsyncConnection, *, day: date) -> None:
+async def drop_detached_events(connection: AsyncConnection, *, day: date) -> None:
     """Drop ``day``'s emptied, detached events and tag rows (gives up like
-    :func:`detach_events_day`)."""
+    :func:`detach_events_partition`)."""
     await connection.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
     for table in ("event_tags", "events"):
         await connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{partition_name(table, day)}"')
 
 
-async def drop_attempts_day(connection: AsyncConnection, *, day: date) -> None:
+async def drop_attempts_partition(connection: AsyncConnection, *, day: date) -> None:
     """Drop ``day``'s partition of delivery_attempts (gives up like
-    :func:`detach_events_day`)."""
+    :func:`detach_events_partition`)."""
     await connection.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
     await connection.exec_driver_sql(
         f'DROP TABLE IF EXISTS "{partition_name("delivery_attempts", day)}"'
