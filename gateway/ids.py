@@ -100,3 +100,8 @@ class IdGenerator:
 def id_floor_for_ms(unix_ms: int) -> int:
     """The smallest id that could be made at ``unix_ms``."""
     return max(unix_ms - _EPOCH_MS, 0) << (_NODE_BITS + _SEQUENCE_BITS)
+
+
+def ms_of_id(id_: int) -> int:
+    """The unix millisecond ``id_`` was minted in (the inverse of id_floor_for_ms)."""
+    return (id_ >> (_NODE_BITS + _SEQUENCE_BITS)) + _EPOCH_MS

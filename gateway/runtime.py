@@ -251,6 +251,9 @@ async def _open_services(settings: Settings) -> AsyncIterator[Services]:
                 batch_size=settings.retention_batch_size,
             ),
         )
+        # Ingest never waits for a partition (PostgreSQL), even before a worker's first
+        # retention run.
+        await services.retention.ensure_partitions()
         try:
             yield services
         finally:

@@ -108,10 +108,12 @@ async def empty_events(store: Store) -> None:
     engine = make_engine(store.sqlalchemy_url)
     try:
         async with engine.begin() as connection:
-            for table in EVENT_TABLES:
-                if store.backend == "postgres":
-                    await connection.execute(text(f"TRUNCATE {table}"))
-                else:
+            if store.backend == "postgres":
+                # And the events' dedupe keys (storage.partitions), PostgreSQL's own.
+                tables = ", ".join((*EVENT_TABLES, "event_dedupe"))
+                await connection.execute(text(f"TRUNCATE {tables}"))
+            else:
+                for table in EVENT_TABLES:
                     await connection.execute(text(f"DELETE FROM {table}"))
         if store.backend == "sqlite":
             async with engine.connect() as connection:

@@ -121,7 +121,7 @@ async def test_a_batch_is_one_transaction_that_locks_its_accounts_first(
     try:
         sent.clear()
         first = await writer.write(account, None, batch)
-        assert sent == ["BEGIN", "SELECT id", "WITH inserted", "COMMIT"]
+        assert sent == ["BEGIN", "SELECT id", "WITH batch", "COMMIT"]
         again = await writer.write(account, None, batch)  # a provider's retry
     finally:
         await writer.stop()
@@ -149,7 +149,7 @@ async def test_hooks_run_in_the_transaction_when_their_work_table_has_rows(
     finally:
         await writer.stop()
     # The hook's own statement, inside the transaction.
-    assert sent == ["BEGIN", "SELECT id", "WITH inserted", "SELECT count(*)", "COMMIT"]
+    assert sent == ["BEGIN", "SELECT id", "WITH batch", "SELECT count(*)", "COMMIT"]
     assert hook.calls == [list(result.ids)]
     assert await count(engine, "events", busy) == 2
 

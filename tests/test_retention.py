@@ -30,6 +30,7 @@ from gateway.storage import events as event_store
 from gateway.storage import outbox as outbox_store
 from gateway.storage.db import begin_write
 from gateway.storage.events import NewEvent
+from gateway.storage.partitions import ensure_partitions
 from gateway.storage.rejections import list_rejected, save_rejected
 from gateway.storage.webhooks import get_webhook
 from gateway.worker import running_worker
@@ -74,6 +75,9 @@ async def stamp(
         for n, event in enumerate(delivered_events(count))
     ]
     async with begin_write(gateway.services.engine) as connection:
+        # PostgreSQL: a day of the past has no partition unless made (ids of the past
+        # are minted only here).
+        await ensure_partitions(connection, today=now.date(), first=received.date())
         stored = await event_store.insert_events(connection, events=events, now=received)
     assert len(stored) == count
     return sorted(stored)

@@ -166,6 +166,15 @@ def rollup_decrements(
     return _rollup_rows(kinds.items())
 
 
+def rollup_decrements_of_kinds(
+    kinds: Iterable[tuple[tuple[int, int, str, str, str | None, tuple[str, ...]], int]],
+) -> list[tuple[int, str, int, int, str, str, int]]:
+    """:func:`rollup_decrements` for events already counted by kind: ``((account_id,
+    hour, type, provider, template, tags), how many)``, ``hour`` in hours since the
+    Unix epoch (a whole partition's events, grouped by the database)."""
+    return _rollup_rows(kinds)
+
+
 def _rollup_rows(
     kinds: Iterable[tuple[tuple[int, int, str, str, str | None, tuple[str, ...]], int]],
 ) -> list[tuple[int, str, int, int, str, str, int]]:

@@ -8,6 +8,16 @@ event received today about last year is kept like any other received today.
 Every batch (at most ``batch_size`` rows) is a transaction of its own, taken like any
 other writer's (storage.db.begin_write), so ingest waits at most one short batch.
 The workers run :meth:`RetentionService.purge` on arq's cron (gateway.worker).
+
+On PostgreSQL, events, their tags and delivery attempts are kept in partitions of a
+week (storage.partitions). Each run first makes the partitions of the days ahead,
+then drops every partition in which no row is younger than its own account's
+retention (no account with a longer retention has a row in it): its rows go at once,
+counted off tag_counts and the eventStats rollup from the partition itself. The
+batches then purge what is left to purge, row by row as on SQLite: rows in a
+partition that another account's longer retention keeps, and the expired part of the
+partition the cut-off falls in. The drops come first, so the batches never walk rows
+a drop would take.
 """
 
 from __future__ import annotations
@@ -15,15 +25,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.ids import id_floor_for_ms
 from gateway.services.accounts import InputError
+from gateway.storage import partitions
 from gateway.storage import retention as store
-from gateway.storage.db import begin_write
+from gateway.storage.db import begin_write, is_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,8 @@ class Purged:
     attempts: int = 0
     rejected: int = 0
     accounts: set[int] = field(default_factory=set)
+    # PostgreSQL: the partitions dropped (storage.partitions), e.g. "events_p20261129".
+    partitions: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -92,8 +106,13 @@ class RetentionService:
         purged = Purged()
         async with self._engine.connect() as connection:
             accounts = await store.account_retentions(connection)
-        for account_id, days in accounts:
-            below = _floor(now, days or self._default_days)
+        floors = {
+            account_id: _floor(now, days or self._default_days) for account_id, days in accounts
+        }
+        if not is_sqlite(self._engine):
+            await self.ensure_partitions(now)
+            await self._drop_expired_partitions(floors, purged)
+        for account_id, below in floors.items():
             before = purged.total
             await self._purge_account(account_id, below, now, purged)
             if purged.total > before:
@@ -104,13 +123,87 @@ class RetentionService:
         )
         if purged.total:
             log.info(
-                "retention purged %d events, %d deliveries, %d attempts, %d rejected payloads",
+                "retention purged %d events, %d deliveries, %d attempts, %d rejected payloads"
+                " (%d partitions dropped)",
                 purged.events,
                 purged.deliveries,
                 purged.attempts,
                 purged.rejected,
+                len(purged.partitions),
             )
         return purged
+
+    async def ensure_partitions(self, now: datetime | None = None) -> list[str]:
+        """PostgreSQL: make the partitions of the days ahead that are missing
+        (storage.partitions); their names. Nothing on SQLite."""
+        if is_sqlite(self._engine):
+            return []
+        today = (now or datetime.now(UTC)).date()
+        try:
+            async with begin_write(self._engine) as connection:
+                made = await partitions.ensure_partitions(connection, today=today)
+        except DBAPIError as exc:
+            if not _lock_not_available(exc):
+                raise
+            log.warning("partitions ahead not made: their tables were busy; next run")
+            return []
+        if made:
+            log.info("made partitions %s", ", ".join(made))
+        return made
+
+    async def _drop_expired_partitions(self, floors: dict[int, int], purged: Purged) -> None:
+        """Drop the partitions that hold no row younger than its account's retention:
+        those that end before every account's floor, or whose rows are all of accounts
+        whose floor is past their end. One left detached by a run cut short is
+        finished."""
+        if not floors:
+            return
+        async with self._engine.connect() as connection:
+            found = await partitions.existing_partitions(connection)
+        latest = max(floors.values())
+        for table in ("events", "delivery_attempts"):
+            for day, bounds in sorted(found[table].items()):
+                if bounds is not None:
+                    end = bounds[1]
+                    if end > latest:
+                        continue
+                    keeping = [account for account, floor in floors.items() if floor < end]
+                    if keeping:
+                        async with self._engine.connect() as connection:
+                            if await store.has_rows_of(
+                                connection, table=table, day=day, accounts=keeping
+                            ):
+                                continue
+                try:
+                    await self._drop_partition(
+                        table, day, attached=bounds is not None, purged=purged
+                    )
+                except DBAPIError as exc:
+                    if not _lock_not_available(exc):
+                        raise
+                    log.warning("partition %s not dropped: busy; next run", day)
+                    break
+
+    async def _drop_partition(
+        self, table: str, day: date, *, attached: bool, purged: Purged
+    ) -> None:
+        if table == "delivery_attempts":
+            async with begin_write(self._engine) as connection:
+                await store.drop_attempts_partition(connection, day=day)
+            purged.partitions.append(partitions.partition_name(table, day))
+            return
+        if attached:
+            async with begin_write(self._engine) as connection:
+                await store.detach_events_partition(connection, day=day)
+        async with begin_write(self._engine) as connection:
+            per_account = await store.empty_detached_events(connection, day=day)
+        async with begin_write(self._engine) as connection:
+            await store.drop_detached_events(connection, day=day)
+        purged.events += sum(per_account.values())
+        purged.accounts.update(per_account)
+        purged.partitions += [
+            partitions.partition_name(name, day) for name in ("events", "event_tags")
+        ]
 
     async def _purge_account(
         self, account_id: int, below: int, now: datetime, purged: Purged
@@ -143,6 +236,11 @@ class RetentionService:
             total += removed
             if removed < self._batch_size:
                 return total
+
+
+def _lock_not_available(exc: DBAPIError) -> bool:
+    """PostgreSQL gave up waiting for a table's lock (lock_timeout)."""
+    return getattr(exc.orig, "sqlstate", None) == "55P03"
 
 
 def _floor(now: datetime, days: int) -> int:

@@ -10,6 +10,7 @@ import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,8 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from gateway.storage.partitions import ensure_partitions
 
 log = logging.getLogger(__name__)
 
@@ -381,6 +384,8 @@ async def schema_state(engine: AsyncEngine) -> str:
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the database to the newest schema (idempotent)."""
+    """Bring the database to the newest schema (idempotent), with its partitions made
+    ahead (PostgreSQL: storage.partitions)."""
     async with engine.begin() as connection:
         await connection.run_sync(_upgrade)
+        await ensure_partitions(connection, today=datetime.now(UTC).date())

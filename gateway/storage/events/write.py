@@ -312,23 +312,32 @@ async def _insert_sqlite(
 # the locks are granted, so it sees a web hook committed while this one waited.
 _POSTGRESQL_LOCK = "SELECT id FROM accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE"
 
-# Events, their tag rows, tag counts and the eventStats rollup (storage.event_counts)
-# in one PostgreSQL statement. The rows arrive as
-# one JSON document that PostgreSQL turns into records of the table's own row type: one
-# round trip and one prepared statement for a batch of any size, and next to no
-# per-value work in Python (twice the rows per second of multi-row VALUES and two more
-# statements). Tags and counts are written only for the events actually inserted (not
-# the duplicates). Events go in (account, dedupe key) order and counts in (account,
-# tag) order, so that concurrent writers (batches in flight at once, other replicas)
-# take those locks in one order and never deadlock over a retried event. The last
-# column says whether a work table has rows of the batch's accounts ($3, given only
-# with work tables).
+# Events, their dedupe keys, tag rows, tag counts and the eventStats rollup
+# (storage.event_counts) in one PostgreSQL statement. The rows arrive as one JSON
+# document that PostgreSQL turns into records of the table's own row type: one round
+# trip and one prepared statement for a batch of any size, and next to no per-value
+# work in Python (twice the rows per second of multi-row VALUES and two more
+# statements). ``events`` is partitioned (storage.partitions), so an event's dedupe key
+# is claimed in ``event_dedupe`` first and only the events whose key was claimed are
+# inserted: a provider's retry is stored once whenever it comes, and a concurrent
+# writer of the same key waits for this one's commit, then skips it. Tags and counts
+# are written only for the events actually inserted (not the duplicates). Keys go in
+# (account, dedupe key) order and counts in (account, tag) order, so that concurrent
+# writers (batches in flight at once, other replicas) take those locks in one order
+# and never deadlock over a retried event. The last column says whether a work table
+# has rows of the batch's accounts ($3, given only with work tables).
 _POSTGRESQL_INSERT = """
-    WITH inserted AS (
-        INSERT INTO events
+    WITH batch AS (
         SELECT * FROM json_populate_recordset(NULL::events, $1::json)
+    ), claimed AS (
+        INSERT INTO event_dedupe (account_id, dedupe_key, event_id)
+        SELECT account_id, dedupe_key, id FROM batch
         ORDER BY account_id, dedupe_key
         ON CONFLICT (account_id, dedupe_key) DO NOTHING
+        RETURNING event_id
+    ), inserted AS (
+        INSERT INTO events
+        SELECT batch.* FROM batch JOIN claimed ON claimed.event_id = batch.id
         RETURNING id, account_id, type, provider, template, occurred_at
     ), new_tags AS (
         SELECT tag.account_id, tag.tag, tag.event_id
