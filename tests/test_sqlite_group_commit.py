@@ -137,7 +137,8 @@ async def test_a_batch_with_retries_writes_tags_and_counts_of_its_new_events_onl
     ]
     async with engine.connect() as connection:
         tags = await connection.execute(text("SELECT tag, count FROM tag_counts ORDER BY tag"))
-        assert tags.all() == [("n0", 1), ("n1", 1), ("n2", 1), ("n3", 1), ("t", 4)]
+        numbered = sorted(tag for event in batch for tag in event.tags if tag != "t")
+        assert tags.all() == [*((tag, 1) for tag in numbered), ("t", 4)]
         tagged = await connection.execute(
             text("SELECT event_id FROM event_tags WHERE tag LIKE 'n%' ORDER BY event_id")
         )
