@@ -130,7 +130,8 @@ async def _ingest(request: Request) -> Response:
         provider=provider,
         method=request.method,
         route_event=route_event,
-        query=request.url.query,
+        # The query as sent (ASGI's query_string), without building the whole URL.
+        query=request.scope.get("query_string", b"").decode("utf-8", "replace"),
         content_type=request.headers.get("content-type", ""),
     )
     limit = services.settings.max_body_bytes
