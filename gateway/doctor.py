@@ -21,14 +21,17 @@ from gateway.heartbeat import TTL_SECONDS, live_workers
 from gateway.settings import Settings
 from gateway.storage.db import head_revision, make_engine, schema_state
 from gateway.storage.health import database_now, queue_health
+from gateway.storage.partitions import PARTITIONED, day_of_id, existing_partitions, is_partitioned
 
 # Each check's time limit: a database or Redis that does not answer in this is down.
 CHECK_SECONDS = 10.0
+# PostgreSQL: days ahead that partitions must cover (retention runs make 14, hourly).
+MIN_PARTITION_DAYS_AHEAD = 2
 
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    check: str  # database, schema, redis, workers, queue, clock
+    check: str  # database, schema, redis, workers, queue, clock, partitions (PostgreSQL)
     ok: bool
     message: str
 
@@ -78,6 +81,7 @@ async def diagnose(
             else:
                 findings.append(Finding("queue", False, "not checked: migrate the schema first"))
             await _check_clock(engine, findings, max_skew_seconds)
+            await _check_partitions(engine, findings)
     finally:
         if engine is not None:
             await engine.dispose()
@@ -226,3 +230,50 @@ async def _check_clock(
         findings.append(
             Finding("clock", True, f"within {max(abs(skew), uncertain):.3f} s of the database's")
         )
+
+
+async def _check_partitions(engine: AsyncEngine, findings: list[Finding]) -> None:
+    """PostgreSQL: whether the partitions of each partitioned table reach far enough
+    ahead (an event with no partition for its day is refused). Nothing to say on SQLite
+    or a schema before partitions."""
+    try:
+        async with asyncio.timeout(CHECK_SECONDS), engine.connect() as connection:
+            if not await is_partitioned(connection):
+                return
+            found = await existing_partitions(connection)
+            today = (await database_now(connection)).date()
+    except Exception as exc:
+        findings.append(Finding("partitions", False, f"could not list them ({_problem(exc)})"))
+        return
+    # The first day no partition covers, by table (an attached partition's upper bound).
+    ends = {
+        table: max(
+            (day_of_id(bounds[1]) for bounds in found[table].values() if bounds), default=today
+        )
+        for table in PARTITIONED
+    }
+    short = {
+        table: end for table, end in ends.items() if (end - today).days <= MIN_PARTITION_DAYS_AHEAD
+    }
+    if short:
+        tables = ", ".join(
+            f"{table} until {end.isoformat()} ({max((end - today).days, 0)} days ahead)"
+            for table, end in sorted(short.items())
+        )
+        findings.append(
+            Finding(
+                "partitions",
+                False,
+                f"partitions run out soon: {tables}; events past the last one are refused. "
+                "Start a worker (its retention run makes them, hourly) or run `gateway migrate`",
+            )
+        )
+        return
+    until = min(ends.values())
+    findings.append(
+        Finding(
+            "partitions",
+            True,
+            f"ready until {until.isoformat()} ({(until - today).days} days ahead)",
+        )
+    )

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from alembic import command
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.doctor import diagnose
 from gateway.domain.query import EventFilter
 from gateway.ids import id_floor_for_ms
 from gateway.services.retention import RetentionService
@@ -28,13 +30,14 @@ from gateway.storage.events import NewEvent
 from gateway.storage.events.rows import _row_values, events_table, stored_tags, tags_table
 from gateway.storage.partitions import (
     day_bounds,
+    day_of_id,
     ensure_partitions,
     existing_partitions,
     missing_ranges,
     partition_name,
     period_start,
 )
-from tests.conftest import _admin
+from tests.conftest import _admin, settings_for
 from tests.support import delivered_events
 from tests.test_migrations import command_upgrade
 from tests.test_retention import assert_counts_match_events
@@ -468,3 +471,26 @@ async def test_reads_walk_indexes_and_only_the_partitions_their_ids_allow(
     }
     assert scanned(in_range) == {partition_name("events", days[2])}
     assert scanned(by_id) == {partition_name("events", days[0]), partition_name("events", days[3])}
+
+
+async def test_doctor_says_when_partitions_run_out(
+    database: AsyncEngine, postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    await migrate(database)
+    url = f"{postgres_url.rsplit('/', 1)[0]}/{database.url.database}"
+    settings = settings_for(tmp_path, redis_url, url)
+    ready = {finding.check: finding for finding in await diagnose(settings)}["partitions"]
+    assert ready.ok, ready.message
+    assert ready.message.startswith("ready until")
+    # No worker has run for weeks: nothing covers today any more.
+    async with begin_write(database) as connection:
+        found = await existing_partitions(connection)
+        today = datetime.now(UTC).date()
+        for table, days in found.items():
+            for day, bounds in days.items():
+                if bounds is not None and day_of_id(bounds[1]) > today:
+                    await connection.exec_driver_sql(f'DROP TABLE "{partition_name(table, day)}"')
+    short = {finding.check: finding for finding in await diagnose(settings)}["partitions"]
+    assert not short.ok
+    assert "events until" in short.message and "0 days ahead" in short.message
+    assert "gateway migrate" in short.message
