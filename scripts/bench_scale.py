@@ -225,6 +225,28 @@ async def stored_events(store: bench_store.Store, *, below_id: int | None = None
         await connection.close()
 
 
+async def sample_waits(store: bench_store.Store, stop: asyncio.Event) -> dict[str, int]:
+    """What the database's busy sessions wait on, sampled every 0.2 s until ``stop``:
+    ``wait type/event: statement start`` -> samples (a lock held by another shows here)."""
+    assert store.postgres_dsn is not None
+    connection = await asyncpg.connect(store.postgres_dsn)
+    seen: dict[str, int] = {}
+    try:
+        while not stop.is_set():
+            for row in await connection.fetch(
+                "SELECT coalesce(wait_event_type, 'CPU') || '/' || coalesce(wait_event, '-')"
+                " || ': ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 40) AS what"
+                " FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state = 'active' AND pid <> pg_backend_pid()"
+            ):
+                seen[row["what"]] = seen.get(row["what"], 0) + 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+    finally:
+        await connection.close()
+    return dict(sorted(seen.items(), key=lambda item: -item[1]))
+
+
 # -- (1) and (2): one gateway on the store ---------------------------------------------
 
 
@@ -298,6 +320,8 @@ async def ingest_beside_purge(
     async with open_services(settings) as services:
         await services.retention.set_account_retention(account.account_id, RETENTION_DAYS)
         old_before = await stored_events(store, below_id=below)
+        stop_sampling = asyncio.Event()
+        waits = asyncio.create_task(sample_waits(store, stop_sampling))
         started = time.perf_counter()
         purge = asyncio.create_task(purge_expired({"services": services}))
         load = asyncio.create_task(
@@ -305,6 +329,8 @@ async def ingest_beside_purge(
         )
         results["beside_purge"] = await load
         load_seconds = time.perf_counter() - started
+        stop_sampling.set()
+        results["database_waits"] = await waits
         old_at_load_end = await stored_events(store, below_id=below)
         purge_running = not purge.done()
         done, _pending = await asyncio.wait({purge}, timeout=plan.purge_grace)
