@@ -62,6 +62,7 @@ from redis.asyncio import Redis
 
 from gateway.heartbeat import live_workers
 from gateway.ids import id_floor_for_ms, unix_ms
+from gateway.runtime import open_services
 from gateway.settings import Settings
 from gateway.worker import purge_expired
 
@@ -306,7 +307,7 @@ async def ingest_beside_purge(
 ) -> dict[str, Any]:
     """(2): single-event ingest alone, then while purge_expired (with the account's
     retention at RETENTION_DAYS) works through the backlog."""
-    alone = single_ingest(gateway.base_url, account, plan, numbers, None)
+    alone = single_ingest(gateway.base_url, account, plan, numbers, gateway.pid)
     results: dict[str, Any] = {"alone": alone}
     settings = Settings(
         database_url=store.database_url,
@@ -314,8 +315,6 @@ async def ingest_beside_purge(
         data_dir=work_dir,
         _env_file=None,  # type: ignore[call-arg]
     )
-    from gateway.runtime import open_services
-
     below = id_floor_for_ms(unix_ms() - RETENTION_DAYS * DAY_MS)
     async with open_services(settings) as services:
         await services.retention.set_account_retention(account.account_id, RETENTION_DAYS)
@@ -325,7 +324,7 @@ async def ingest_beside_purge(
         started = time.perf_counter()
         purge = asyncio.create_task(purge_expired({"services": services}))
         load = asyncio.create_task(
-            asyncio.to_thread(single_ingest, gateway.base_url, account, plan, numbers, None)
+            asyncio.to_thread(single_ingest, gateway.base_url, account, plan, numbers, gateway.pid)
         )
         results["beside_purge"] = await load
         load_seconds = time.perf_counter() - started
