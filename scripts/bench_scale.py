@@ -18,7 +18,9 @@ The store is filled the way ``scripts/bench ingest`` fills it (``bench_store.ins
 the gateway's own ``insert_events``) up to the smaller size; to reach the larger one,
 PostgreSQL copies those rows, with their tag rows and counts, under new ids (older by a
 few minutes a copy), message ids and dedupe keys: the same addresses, tags and times,
-more of each. The backlog of (2) is copied likewise, 30 days older than its ids allow.
+more of each. The backlog of (2) is copied likewise, received 30 days before the
+account's retention of one day allows, and about events 120 days older than ingest's (as
+old events are: the eventStats hours the purge takes them off are not those ingest adds to).
 
 A database of its own per run (dropped at the end) and, unless ``--redis-url`` is given,
 a redis-server of its own on a free port. It prints a table and writes the figures as
@@ -72,6 +74,7 @@ DAY_MS = 24 * HOUR_MS
 ID_SHIFT = 22  # gateway.ids: an id is its millisecond shifted past node and sequence bits
 BACKLOG_AGE_DAYS = 30  # the backlog's ids are this much older than the fill's
 RETENTION_DAYS = 1  # the account's own retention while (2) runs
+BACKLOG_OCCURRED_DAYS_BACK = 120  # bench_events spreads its events over 90 days
 EVENT_TYPES = (
     "QUEUED SENT DELIVERED DEFERRED BOUNCED REJECTED FAILED OPENED CLICKED COMPLAINED "
     "UNSUBSCRIBED AUTORESPONDED UNKNOWN"
@@ -132,7 +135,8 @@ INSERT INTO events (id, account_id, source_id, type, provider, provider_event, m
     email, email_key, occurred_at, sent_at, subject, template, tags, custom_id, details, raw,
     dedupe_key, received_at)
 SELECT id - $3, account_id, source_id, type, provider, provider_event, $4 || message_id,
-    email, email_key, occurred_at, sent_at, subject, template, tags, custom_id, details,
+    email, email_key, occurred_at - make_interval(days => $6),
+    sent_at - make_interval(days => $6), subject, template, tags, custom_id, details,
     CASE WHEN message_id IS NULL THEN raw ELSE replace(raw, message_id, $4 || message_id) END,
     md5($4 || dedupe_key), received_at - $5 * interval '1 millisecond'
 FROM events WHERE id BETWEEN $1 AND $2 ORDER BY id
@@ -153,7 +157,8 @@ ON CONFLICT (account_id, tag) DO UPDATE SET count = tag_counts.count + excluded.
 """
 _ADD_EVENT_COUNTS = """
 INSERT INTO event_counts (account_id, dimension, span, hour, key, type, count)
-SELECT account_id, dimension, span, hour, key, type, count * $1 FROM bench_fill_event_counts
+SELECT account_id, dimension, span, hour - 24 * $2, key, type, count * $1
+FROM bench_fill_event_counts
 ORDER BY account_id, dimension, span, hour, key, type
 ON CONFLICT (account_id, dimension, span, hour, key, type)
 DO UPDATE SET count = event_counts.count + excluded.count
@@ -187,11 +192,18 @@ async def record_fill(store: bench_store.Store) -> Fill:
 
 
 async def add_copies(
-    store: bench_store.Store, fill: Fill, *, copies: range, older_ms: int, label: str
+    store: bench_store.Store,
+    fill: Fill,
+    *,
+    copies: range,
+    older_ms: int,
+    label: str,
+    occurred_days_back: int = 0,
 ) -> float:
     """Copy the fill's events, tags and counts once for each number in ``copies``: copy
     ``k`` gets ids (and times of receipt) ``older_ms`` + k fill-spans older, message ids
-    prefixed ``c{k}.``, and dedupe keys of its own. Seconds taken, with VACUUM ANALYZE."""
+    prefixed ``c{k}.``, and dedupe keys of its own; their events happened
+    ``occurred_days_back`` whole days earlier. Seconds taken, with VACUUM ANALYZE."""
     assert store.postgres_dsn is not None
     connection = await asyncpg.connect(store.postgres_dsn, timeout=10, command_timeout=None)
     started = time.perf_counter()
@@ -202,13 +214,19 @@ async def add_copies(
             async with connection.transaction():
                 await connection.execute("SET LOCAL synchronous_commit = off")
                 await connection.execute(
-                    _COPY_EVENTS, fill.first_id, fill.last_id, shift, f"c{copy}.", shift_ms
+                    _COPY_EVENTS,
+                    fill.first_id,
+                    fill.last_id,
+                    shift,
+                    f"c{copy}.",
+                    shift_ms,
+                    occurred_days_back,
                 )
                 await connection.execute(_COPY_TAGS, fill.first_id, fill.last_id, shift)
             log(f"  {label}: copy {copy} of {copies[-1]}, {time.perf_counter() - started:.0f} s")
         async with connection.transaction():
             await connection.execute(_ADD_COUNTS, len(copies))
-            await connection.execute(_ADD_EVENT_COUNTS, len(copies))
+            await connection.execute(_ADD_EVENT_COUNTS, len(copies), occurred_days_back)
     finally:
         await connection.close()
     await bench_store.after_bulk_load(store)
@@ -413,6 +431,7 @@ async def store_phases(
                     fill,
                     copies=range(copies + 1, copies + 1 + backlog_copies),
                     older_ms=BACKLOG_AGE_DAYS * DAY_MS,
+                    occurred_days_back=BACKLOG_OCCURRED_DAYS_BACK,
                     label="backlog",
                 )
             with phase(timings, "(2) ingest beside the retention purge"):
