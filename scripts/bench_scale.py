@@ -324,7 +324,8 @@ async def ingest_beside_purge(
     work_dir: Path,
 ) -> dict[str, Any]:
     """(2): single-event ingest alone, then while purge_expired (with the account's
-    retention at RETENTION_DAYS) works through the backlog."""
+    retention at RETENTION_DAYS) works through the backlog in a process of its own, as
+    on a worker; stopped (its transaction rolled back) if it outlasts the grace."""
     alone = single_ingest(gateway.base_url, account, plan, numbers, gateway.pid)
     results: dict[str, Any] = {"alone": alone}
     settings = Settings(
@@ -340,24 +341,25 @@ async def ingest_beside_purge(
         stop_sampling = asyncio.Event()
         waits = asyncio.create_task(sample_waits(store, stop_sampling))
         started = time.perf_counter()
-        purge = asyncio.create_task(purge_expired({"services": services}))
-        load = asyncio.create_task(
-            asyncio.to_thread(single_ingest, gateway.base_url, account, plan, numbers, gateway.pid)
+        purge = subprocess.Popen(
+            [sys.executable, __file__, "--purge", store.database_url, redis_url, str(work_dir)],
+            stdout=subprocess.PIPE,
         )
-        results["beside_purge"] = await load
+        results["beside_purge"] = await asyncio.to_thread(
+            single_ingest, gateway.base_url, account, plan, numbers, gateway.pid
+        )
         load_seconds = time.perf_counter() - started
         stop_sampling.set()
         results["database_waits"] = await waits
         old_at_load_end = await stored_events(store, below_id=below)
-        purge_running = not purge.done()
-        done, _pending = await asyncio.wait({purge}, timeout=plan.purge_grace)
-        if purge in done:
+        purge_running = purge.poll() is None
+        try:
+            output, _ = await asyncio.to_thread(purge.communicate, timeout=plan.purge_grace)
             results["purge_seconds"] = time.perf_counter() - started
-            results["purged_total"] = purge.result()
-        else:
-            purge.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purge
+            results["purged_total"] = int(output or 0)
+        except subprocess.TimeoutExpired:
+            purge.kill()
+            purge.wait(timeout=10)
         old_after = await stored_events(store, below_id=below)
     results.update(
         backlog=old_before,
@@ -772,6 +774,22 @@ def redis_server(url: str | None, work_dir: Path) -> Iterator[str]:
         process.wait(timeout=10)
 
 
+def purge_main(database_url: str, redis_url: str, data_dir: str) -> None:
+    """``--purge``: run purge_expired once, as arq's cron does; print the rows purged."""
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=Path(data_dir),
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+    async def purge() -> int:
+        async with open_services(settings) as services:
+            return await purge_expired({"services": services})
+
+    print(asyncio.run(purge()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench scale",
@@ -841,4 +859,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if len(sys.argv) == 5 and sys.argv[1] == "--purge":
+        purge_main(*sys.argv[2:])
+    else:
+        sys.exit(main())
