@@ -3,11 +3,13 @@
 Every request carries events never sent before (numbered from ``--first``), so nothing
 is deduplicated. The bodies are made before the clock starts, so the generator spends
 its time on HTTP only. ``--connections`` workers each keep one request in flight;
-requests completed inside the window (after the warm-up) are counted. With ``--rate``
+requests completed inside the window (after the warm-up) are counted. Given several URLs
+(replicas of one gateway), the workers take them in turn. With ``--rate``
 the requests are paced instead: request n is sent at n / rate seconds from the start
 (or as soon as a connection is free, if the server falls behind).
 
-Run as ``python scripts/bench_load.py URL --first N [...]``: prints one JSON document.
+Run as ``python scripts/bench_load.py URL [URL ...] --first N [...]``: prints one JSON
+document.
 :func:`run_load` runs it from the benchmark.
 """
 
@@ -71,7 +73,7 @@ class CpuMeter:
 
 
 async def _generate(
-    url: str,
+    urls: list[str],
     bodies: list[bytes],
     *,
     events_per_body: int,
@@ -101,7 +103,7 @@ async def _generate(
 
         cpu_task = asyncio.create_task(measure_cpu())
 
-        async def worker() -> None:
+        async def worker(url: str) -> None:
             nonlocal next_body
             while True:
                 if next_body >= len(bodies):
@@ -133,7 +135,7 @@ async def _generate(
                 counted["events"] += events_per_body
                 counted["stored"] += int(json.loads(answer).get("stored", 0))
 
-        await asyncio.gather(*(worker() for _ in range(connections)))
+        await asyncio.gather(*(worker(urls[i % len(urls)]) for i in range(connections)))
         await cpu_task
     latencies.sort()
 
@@ -155,7 +157,7 @@ async def _generate(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("url")
+    parser.add_argument("urls", nargs="+", metavar="url")
     parser.add_argument("--first", type=int, required=True, help="number of the first event")
     parser.add_argument("--batch", type=int, default=1, help="events per request (1: an object)")
     parser.add_argument("--connections", type=int, default=32)
@@ -176,7 +178,7 @@ def main() -> None:
         ]
     result = uvloop.run(
         _generate(
-            args.url,
+            args.urls,
             bodies,
             events_per_body=args.batch,
             connections=args.connections,
@@ -191,7 +193,7 @@ def main() -> None:
 
 
 def run_load(
-    url: str,
+    url: str | list[str],
     *,
     first: int,
     max_events: int,
@@ -202,11 +204,12 @@ def run_load(
     server_pid: int | None = None,
     rate: float | None = None,
 ) -> dict[str, Any]:
-    """Run the generator in a process of its own; its JSON result."""
+    """Run the generator in a process of its own; its JSON result. Several URLs: the
+    connections take them in turn."""
     command = [
         sys.executable,
         str(Path(__file__)),
-        url,
+        *([url] if isinstance(url, str) else url),
         f"--first={first}",
         f"--batch={batch}",
         f"--connections={connections}",
