@@ -66,6 +66,8 @@ from gateway.heartbeat import live_workers
 from gateway.ids import id_floor_for_ms, unix_ms
 from gateway.runtime import open_services
 from gateway.settings import Settings
+from gateway.storage.db import begin_write, make_engine
+from gateway.storage.partitions import day_of_id, ensure_partitions
 from gateway.worker import purge_expired
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,8 +207,21 @@ async def add_copies(
     prefixed ``c{k}.``, and dedupe keys of its own; their events happened
     ``occurred_days_back`` whole days earlier. Seconds taken, with VACUUM ANALYZE."""
     assert store.postgres_dsn is not None
-    connection = await asyncpg.connect(store.postgres_dsn, timeout=10, command_timeout=None)
     started = time.perf_counter()
+    # Partitioned tables (PostgreSQL, storage.partitions) need partitions for the old
+    # days the copies go to: the gateway makes them only from today on.
+    oldest_shift = (older_ms + copies[-1] * (fill.span_ms + 1000)) << ID_SHIFT
+    engine = make_engine(store.sqlalchemy_url)
+    try:
+        async with begin_write(engine) as sa_connection:
+            await ensure_partitions(
+                sa_connection,
+                today=datetime.now(UTC).date(),
+                first=day_of_id(fill.first_id - oldest_shift),
+            )
+    finally:
+        await engine.dispose()
+    connection = await asyncpg.connect(store.postgres_dsn, timeout=10, command_timeout=None)
     try:
         for copy in copies:
             shift_ms = older_ms + copy * (fill.span_ms + 1000)
