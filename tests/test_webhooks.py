@@ -332,8 +332,8 @@ async def test_enable_webhook_sends_what_was_held(
     endpoint = receiver.endpoint()
     webhook, _ = await create_webhook(api, url=endpoint.url, events=["DELIVERED"])
     async with gateway.services.engine.begin() as connection:
-        assert await delivery_store.count_calls(
-            connection,
+        assert await connection.run_sync(
+            delivery_store.count_calls,
             outcomes={int(webhook["id"]): [False]},
             disable_after=1,
             now=datetime.now(UTC),

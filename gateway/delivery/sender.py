@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import httpx
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from yarl import URL
 
@@ -40,7 +41,7 @@ from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.storage import deliveries as store
 from gateway.storage import events as event_store
-from gateway.storage.db import begin_write
+from gateway.storage.db import WriteTransactions, begin_write
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class DeliverySender:
         self._on_attempt = on_attempt
         self._lease_seconds = settings.delivery_timeout_seconds + 5
         self._timeout = httpx.Timeout(settings.delivery_timeout_seconds).as_dict()
+        # SQLite: each transaction is one hand-off to a thread of its own.
+        self._transactions = WriteTransactions(engine)
         self._claims: Batcher[int, _Claimed | None] = Batcher(self._claim, name="claims")
         self._results: Batcher[_Called, tuple[DeliveryStatus, float | None]] = Batcher(
             self._finish, name="attempt-results"
@@ -130,6 +133,7 @@ class DeliverySender:
     async def close(self) -> None:
         await self._claims.close()
         await self._results.close()
+        await self._transactions.close()
 
     async def attempt(self, delivery_id: int) -> Outcome:
         with tracing.span("webhook delivery", {"gateway.delivery.id": delivery_id}, kind="client"):
@@ -185,40 +189,45 @@ class DeliverySender:
         return Outcome(status, retry_in)
 
     async def _claim(self, delivery_ids: list[int]) -> list[_Claimed | None]:
-        """Claim a batch in one short write, then read what the claimed need."""
+        """Claim a batch and read what the claimed need, in one transaction."""
         now = datetime.now(UTC)
-        async with begin_write(self._engine) as connection:
-            records = await store.claim_deliveries(
+
+        def claim(connection: Connection) -> dict[int, _Claimed]:
+            records = store.claim_deliveries(
                 connection,
                 delivery_ids=sorted(set(delivery_ids)),
                 now=now,
                 lease_seconds=self._lease_seconds,
             )
-        claimed: dict[int, _Claimed] = {}
-        if records:
-            async with self._engine.connect() as connection:
-                webhooks = await store.get_webhooks(
-                    connection, webhook_ids=sorted({r.webhook_id for r in records})
+            if not records:
+                return {}
+            webhooks = store.get_webhooks(
+                connection, webhook_ids=sorted({r.webhook_id for r in records})
+            )
+            events: dict[int, NormalizedEvent] = {}
+            for account_id in {r.account_id for r in records}:
+                found = event_store.get_events_sync(
+                    connection,
+                    account_id=account_id,
+                    ids=[
+                        r.event_id
+                        for r in records
+                        if r.account_id == account_id and r.event_id is not None
+                    ],
                 )
-                events: dict[int, NormalizedEvent] = {}
-                for account_id in {r.account_id for r in records}:
-                    found = await event_store.get_events(
-                        connection,
-                        account_id=account_id,
-                        ids=[
-                            r.event_id
-                            for r in records
-                            if r.account_id == account_id and r.event_id is not None
-                        ],
-                    )
-                    events.update((stored.id, stored.event) for stored in found)
-            for record in records:
-                event = (
+                events.update((stored.id, stored.event) for stored in found)
+            return {
+                record.id: _Claimed(
+                    record,
+                    webhooks.get(record.webhook_id),
                     sample_event(record.created_at)
                     if record.event_id is None
-                    else events.get(record.event_id)
+                    else events.get(record.event_id),
                 )
-                claimed[record.id] = _Claimed(record, webhooks.get(record.webhook_id), event)
+                for record in records
+            }
+
+        claimed = await self._transactions.run(claim)
         # One claim per delivery: the same id twice in a batch is sent once.
         return [claimed.pop(delivery_id, None) for delivery_id in delivery_ids]
 
@@ -319,25 +328,25 @@ class DeliverySender:
         return _Called(attempt, succeeded, retry_in)
 
     async def _finish(self, batch: list[_Called]) -> list[tuple[DeliveryStatus, float | None]]:
-        """Log a batch of calls, count them against their web hooks, settle each."""
+        """Log a batch of calls, count them against their web hooks, settle each, in
+        one transaction."""
         now = datetime.now(UTC)
         outcomes: dict[int, list[bool]] = {}
         for called in batch:
             if called.counts_against_webhook:
                 outcomes.setdefault(called.attempt.webhook_id, []).append(called.succeeded)
-        settled: list[tuple[DeliveryStatus, float | None]] = []
-        async with begin_write(self._engine) as connection:
-            disabled = await store.count_calls(
+
+        def finish(connection: Connection) -> list[tuple[DeliveryStatus, float | None]]:
+            disabled = store.count_calls(
                 connection,
                 outcomes=outcomes,
                 disable_after=self._settings.disable_after,
                 now=now,
             )
-            finished = []
-            for called in batch:
-                status, retry_in = _settle(called, disabled)
-                settled.append((status, retry_in))
-                finished.append(
+            settled = [_settle(called, disabled) for called in batch]
+            store.finish_attempts(
+                connection,
+                finished=[
                     store.FinishedAttempt(
                         called.attempt,
                         status,
@@ -345,9 +354,12 @@ class DeliverySender:
                         if retry_in is None
                         else called.attempt.at + timedelta(seconds=retry_in),
                     )
-                )
-            await store.finish_attempts(connection, finished=finished)
-        return settled
+                    for called, (status, retry_in) in zip(batch, settled, strict=True)
+                ],
+            )
+            return settled
+
+        return await self._transactions.run(finish)
 
 
 def _settle(called: _Called, disabled: set[int]) -> tuple[DeliveryStatus, float | None]:

@@ -17,10 +17,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
 
 log = logging.getLogger(__name__)
 
@@ -233,13 +234,15 @@ class SqliteThread:
     writer's group commit: BEGIN IMMEDIATE, inserts, COMMIT): the event loop's thread
     runs no statement and never waits for SQLite's lock; the thread does, up to the
     busy timeout. Work begins and ends its own transactions; one left open is rolled
-    back (it would hold the write lock for good).
+    back (it would hold the write lock for good). ``transaction`` runs work written
+    with SQLAlchemy on the same connection, in a transaction it begins and ends.
     """
 
     def __init__(self, database: str) -> None:
         self._database = database
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._sqlite: sqlite3.Connection | None = None
+        self._engine: Engine | None = None  # SQLAlchemy's, over self._sqlite
 
     @staticmethod
     def for_engine(engine: AsyncEngine) -> SqliteThread | None:
@@ -257,6 +260,19 @@ class SqliteThread:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, work)
 
+    async def transaction(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in the thread on a SQLAlchemy connection, in one
+        transaction that takes SQLite's write lock as it begins (BEGIN IMMEDIATE) and
+        commits unless ``work`` raises: statements written once for both databases,
+        all of them in one hand-off (each through aiosqlite is several)."""
+        return await self.run(functools.partial(self._in_transaction, work))
+
+    def _in_transaction(self, work: Callable[[Connection], T], sqlite: sqlite3.Connection) -> T:
+        if self._engine is None:
+            self._engine = _engine_over(sqlite)
+        with self._engine.begin() as connection:
+            return work(connection)
+
     def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._sqlite is None:
             self._sqlite = open_sqlite(self._database)
@@ -269,6 +285,9 @@ class SqliteThread:
                 connection.execute("ROLLBACK")
 
     def _close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
         if self._sqlite is not None:
             self._sqlite.close()
             self._sqlite = None
@@ -277,6 +296,47 @@ class SqliteThread:
         """Close the connection (after any work still queued) and end the thread."""
         await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=True)
+
+
+def _engine_over(sqlite: sqlite3.Connection) -> Engine:
+    """A SQLAlchemy engine whose one connection is ``sqlite`` (autocommit mode).
+
+    SQLAlchemy's own begin sends nothing to the driver; the documented recipe for
+    pysqlite (its "begin" event) makes it BEGIN IMMEDIATE, and its commit and rollback
+    end that transaction.
+    """
+    engine = create_engine("sqlite://", creator=lambda: sqlite, poolclass=StaticPool)
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class WriteTransactions:
+    """Write transactions written against SQLAlchemy's sync ``Connection``, for work of
+    several statements that runs often (a delivery's claim and its result).
+
+    SQLite (a file): on a SqliteThread, in one hand-off, taking turns with the process's
+    other writers (write_lock). PostgreSQL (and SQLite in memory): on the async engine
+    (``run_sync``), as any other transaction.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._thread = SqliteThread.for_engine(engine)
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        if self._thread is None:
+            async with begin_write(self._engine) as connection:
+                return await connection.run_sync(work)
+        async with write_lock(self._engine):
+            return await self._thread.transaction(work)
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            await self._thread.close()
 
 
 def make_engine(

@@ -1,5 +1,10 @@
 """A delivery's run: claiming it for an attempt, logging the call, counting it against
-its web hook, and reading that log back."""
+its web hook, and reading that log back.
+
+Claims and results are written on SQLAlchemy's sync ``Connection``: the sender runs
+them on SQLite's writer thread in one hand-off, or on PostgreSQL through ``run_sync``
+(storage.db.WriteTransactions).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.webhooks import (
@@ -51,8 +56,8 @@ async def get_delivery(
     return None if row is None else delivery_from_row(row)
 
 
-async def claim_deliveries(
-    connection: AsyncConnection,
+def claim_deliveries(
+    connection: Connection,
     *,
     delivery_ids: Sequence[int],
     now: datetime,
@@ -63,7 +68,7 @@ async def claim_deliveries(
     not open, not yet due, or held by another worker are left out. The lease makes a
     second worker (or a duplicate job) a no-op. ``grace_seconds`` counts a delivery
     due that soon as due: a clock a little behind the one that scheduled it."""
-    result = await connection.execute(
+    result = connection.execute(
         update(deliveries_table)
         .where(
             deliveries_table.c.id.in_(list(delivery_ids)),
@@ -80,11 +85,9 @@ async def claim_deliveries(
     return [delivery_from_row(row) for row in result.mappings()]
 
 
-async def get_webhooks(
-    connection: AsyncConnection, *, webhook_ids: Sequence[int]
-) -> dict[int, WebhookConfig]:
+def get_webhooks(connection: Connection, *, webhook_ids: Sequence[int]) -> dict[int, WebhookConfig]:
     """The web hooks of claimed deliveries, by id."""
-    result = await connection.execute(
+    result = connection.execute(
         select(webhooks_table).where(webhooks_table.c.id.in_(list(webhook_ids)))
     )
     return {row["id"]: webhook_from_row(row) for row in result.mappings()}
@@ -97,15 +100,13 @@ class FinishedAttempt:
     next_attempt_at: datetime | None
 
 
-async def finish_attempts(
-    connection: AsyncConnection, *, finished: Sequence[FinishedAttempt]
-) -> None:
+def finish_attempts(connection: Connection, *, finished: Sequence[FinishedAttempt]) -> None:
     """Log the calls and move their deliveries on, releasing their leases.
 
     Calls for a web hook deleted meanwhile are dropped (its deliveries went with it):
     one such row must not fail the log of every other call in the batch.
     """
-    existing = await connection.execute(
+    existing = connection.execute(
         select(webhooks_table.c.id).where(
             webhooks_table.c.id.in_({item.attempt.webhook_id for item in finished})
         )
@@ -114,7 +115,7 @@ async def finish_attempts(
     finished = [item for item in finished if item.attempt.webhook_id in alive]
     if not finished:
         return
-    await connection.execute(
+    connection.execute(
         insert(attempts_table),
         [
             {
@@ -135,7 +136,7 @@ async def finish_attempts(
             for item in finished
         ],
     )
-    await connection.execute(
+    connection.execute(
         update(deliveries_table)
         .where(deliveries_table.c.id == bindparam("delivery_id"))
         .values(
@@ -158,8 +159,8 @@ async def finish_attempts(
     )
 
 
-async def count_calls(
-    connection: AsyncConnection,
+def count_calls(
+    connection: Connection,
     *,
     outcomes: dict[int, list[bool]],
     disable_after: int,
@@ -177,12 +178,12 @@ async def count_calls(
             value: Any = len(calls) - 1 - last_success
         else:
             value = webhooks_table.c.consecutive_failures + len(calls)
-        await connection.execute(
+        connection.execute(
             update(webhooks_table)
             .where(webhooks_table.c.id == webhook_id)
             .values(consecutive_failures=value)
         )
-    result = await connection.execute(
+    result = connection.execute(
         update(webhooks_table)
         .where(
             webhooks_table.c.id.in_(list(outcomes)),

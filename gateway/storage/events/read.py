@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, exists, select
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.events import EventType, NormalizedEvent, Provider, RejectReason, Severity
@@ -162,15 +162,26 @@ async def find_events(
     return [_stored_event(row) for row in result.mappings()]
 
 
+def _by_id(account_id: int, ids: Sequence[int]) -> Select[Any]:
+    return select(events_table).where(
+        events_table.c.account_id == account_id, events_table.c.id.in_(list(ids))
+    )
+
+
 async def get_events(
     connection: AsyncConnection, *, account_id: int, ids: Sequence[int]
 ) -> list[StoredEvent]:
     """The given events of one account, by id (others' ids are simply not found)."""
     if not ids:
         return []
-    result = await connection.execute(
-        select(events_table).where(
-            events_table.c.account_id == account_id, events_table.c.id.in_(list(ids))
-        )
-    )
+    result = await connection.execute(_by_id(account_id, ids))
     return [_stored_event(row) for row in result.mappings()]
+
+
+def get_events_sync(
+    connection: Connection, *, account_id: int, ids: Sequence[int]
+) -> list[StoredEvent]:
+    """``get_events`` on SQLAlchemy's sync connection (a delivery's claim)."""
+    if not ids:
+        return []
+    return [_stored_event(row) for row in connection.execute(_by_id(account_id, ids)).mappings()]
