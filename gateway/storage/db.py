@@ -11,7 +11,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
@@ -21,15 +21,45 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+class _Unindexed(FunctionElement[Any]):
+    inherit_cache = True
+
+
+@compiles(_Unindexed)
+def _as_is(element: _Unindexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(_Unindexed, "sqlite")
+def _unary_plus(element: _Unindexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return "+" + compiler.process(element.clauses, **kw)
+
+
+def unindexed(column: ColumnElement[T]) -> ColumnElement[T]:
+    """``column`` in a condition that SQLite's planner must not look it up by.
+
+    Without statistics, SQLite may drive ``id IN (...) AND status IN (...)`` by an index
+    on status, reading every open row for a handful of ids (9 ms a claim at 20,000
+    due, against 0.08 ms by id). Unary + (SQLite's documented way) takes the term out of
+    its choice; other databases get the column as it is.
+    """
+    return cast(ColumnElement[T], _Unindexed(column))
 
 
 def dialect_insert(connection: AsyncConnection, table: Any) -> Any:
@@ -55,8 +85,6 @@ SQLITE_PRAGMAS = (
     # unlink and close per group commit, and their writes.
     "PRAGMA temp_store=MEMORY",
 )
-
-T = TypeVar("T")
 
 
 class WriteLock:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
@@ -24,6 +23,7 @@ from gateway.domain.webhooks import (
     DeliveryStatus,
     WebhookConfig,
 )
+from gateway.storage.db import unindexed
 from gateway.storage.models import Delivery, DeliveryAttemptRow
 from gateway.storage.webhooks import webhook_from_row, webhooks_table
 
@@ -56,6 +56,58 @@ async def get_delivery(
     return None if row is None else delivery_from_row(row)
 
 
+# The statements of every claim and result, built once: building one costs more than
+# SQLite takes to run it.
+_d, _w = deliveries_table.c, webhooks_table.c
+_CLAIM = (
+    update(deliveries_table)
+    .where(
+        _d.id.in_(bindparam("ids", expanding=True)),
+        # By id: the status index would read every open delivery.
+        unindexed(_d.status).in_(OPEN),
+        or_(_d.next_attempt_at.is_(None), _d.next_attempt_at <= bindparam("due_by")),
+        or_(_d.lease_until.is_(None), _d.lease_until < bindparam("now")),
+    )
+    .values(lease_until=bindparam("lease_to"))
+    .returning(*deliveries_table.c)
+)
+_WEBHOOKS = select(webhooks_table).where(_w.id.in_(bindparam("ids", expanding=True)))
+_LIVING = select(_w.id).where(_w.id.in_(bindparam("ids", expanding=True)))
+_LOG_ATTEMPT = insert(attempts_table)
+_MOVE_ON = (
+    update(deliveries_table)
+    .where(_d.id == bindparam("delivery_id"))
+    .values(
+        status=bindparam("new_status"),
+        attempts=bindparam("number"),
+        next_attempt_at=bindparam("next_at"),
+        lease_until=None,
+        updated_at=bindparam("at"),
+    )
+)
+# A run of failures since the last success in the batch, or more of the same.
+_FAILURES_SINCE_SUCCESS = (
+    update(webhooks_table)
+    .where(_w.id == bindparam("webhook_id"))
+    .values(consecutive_failures=bindparam("failures"))
+)
+_MORE_FAILURES = (
+    update(webhooks_table)
+    .where(_w.id == bindparam("webhook_id"))
+    .values(consecutive_failures=_w.consecutive_failures + bindparam("failures"))
+)
+_DISABLE = (
+    update(webhooks_table)
+    .where(
+        _w.id.in_(bindparam("ids", expanding=True)),
+        _w.enabled.is_(True),
+        _w.consecutive_failures >= bindparam("limit"),
+    )
+    .values(enabled=False, disabled_reason=bindparam("reason"), updated_at=bindparam("at"))
+    .returning(_w.id)
+)
+
+
 def claim_deliveries(
     connection: Connection,
     *,
@@ -69,27 +121,20 @@ def claim_deliveries(
     second worker (or a duplicate job) a no-op. ``grace_seconds`` counts a delivery
     due that soon as due: a clock a little behind the one that scheduled it."""
     result = connection.execute(
-        update(deliveries_table)
-        .where(
-            deliveries_table.c.id.in_(list(delivery_ids)),
-            deliveries_table.c.status.in_(OPEN),
-            or_(
-                deliveries_table.c.next_attempt_at.is_(None),
-                deliveries_table.c.next_attempt_at <= now + timedelta(seconds=grace_seconds),
-            ),
-            or_(deliveries_table.c.lease_until.is_(None), deliveries_table.c.lease_until < now),
-        )
-        .values(lease_until=now + timedelta(seconds=lease_seconds))
-        .returning(*deliveries_table.c)
+        _CLAIM,
+        {
+            "ids": list(delivery_ids),
+            "due_by": now + timedelta(seconds=grace_seconds),
+            "now": now,
+            "lease_to": now + timedelta(seconds=lease_seconds),
+        },
     )
     return [delivery_from_row(row) for row in result.mappings()]
 
 
 def get_webhooks(connection: Connection, *, webhook_ids: Sequence[int]) -> dict[int, WebhookConfig]:
     """The web hooks of claimed deliveries, by id."""
-    result = connection.execute(
-        select(webhooks_table).where(webhooks_table.c.id.in_(list(webhook_ids)))
-    )
+    result = connection.execute(_WEBHOOKS, {"ids": list(webhook_ids)})
     return {row["id"]: webhook_from_row(row) for row in result.mappings()}
 
 
@@ -107,16 +152,14 @@ def finish_attempts(connection: Connection, *, finished: Sequence[FinishedAttemp
     one such row must not fail the log of every other call in the batch.
     """
     existing = connection.execute(
-        select(webhooks_table.c.id).where(
-            webhooks_table.c.id.in_({item.attempt.webhook_id for item in finished})
-        )
+        _LIVING, {"ids": sorted({item.attempt.webhook_id for item in finished})}
     )
     alive = {row[0] for row in existing}
     finished = [item for item in finished if item.attempt.webhook_id in alive]
     if not finished:
         return
     connection.execute(
-        insert(attempts_table),
+        _LOG_ATTEMPT,
         [
             {
                 "id": item.attempt.id,
@@ -137,15 +180,7 @@ def finish_attempts(connection: Connection, *, finished: Sequence[FinishedAttemp
         ],
     )
     connection.execute(
-        update(deliveries_table)
-        .where(deliveries_table.c.id == bindparam("delivery_id"))
-        .values(
-            status=bindparam("new_status"),
-            attempts=bindparam("number"),
-            next_attempt_at=bindparam("next_at"),
-            lease_until=None,
-            updated_at=bindparam("at"),
-        ),
+        _MOVE_ON,
         [
             {
                 "delivery_id": item.attempt.delivery_id,
@@ -172,30 +207,23 @@ def count_calls(
     Updates are relative or absolute, never read-then-write, so workers in other
     processes counting at the same time lose nothing.
     """
+    if not outcomes:
+        return set()
     for webhook_id, calls in outcomes.items():
         if True in calls:
-            last_success = len(calls) - 1 - calls[::-1].index(True)
-            value: Any = len(calls) - 1 - last_success
+            since = len(calls) - 1 - calls[::-1].index(True)
+            values = {"webhook_id": webhook_id, "failures": len(calls) - 1 - since}
+            connection.execute(_FAILURES_SINCE_SUCCESS, values)
         else:
-            value = webhooks_table.c.consecutive_failures + len(calls)
-        connection.execute(
-            update(webhooks_table)
-            .where(webhooks_table.c.id == webhook_id)
-            .values(consecutive_failures=value)
-        )
+            connection.execute(_MORE_FAILURES, {"webhook_id": webhook_id, "failures": len(calls)})
     result = connection.execute(
-        update(webhooks_table)
-        .where(
-            webhooks_table.c.id.in_(list(outcomes)),
-            webhooks_table.c.enabled.is_(True),
-            webhooks_table.c.consecutive_failures >= disable_after,
-        )
-        .values(
-            enabled=False,
-            disabled_reason=f"{disable_after} consecutive failed calls",
-            updated_at=now,
-        )
-        .returning(webhooks_table.c.id)
+        _DISABLE,
+        {
+            "ids": list(outcomes),
+            "limit": disable_after,
+            "reason": f"{disable_after} consecutive failed calls",
+            "at": now,
+        },
     )
     return {row[0] for row in result}
 

@@ -6,7 +6,7 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, exists, select
+from sqlalchemy import Select, bindparam, exists, select
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -162,10 +162,10 @@ async def find_events(
     return [_stored_event(row) for row in result.mappings()]
 
 
-def _by_id(account_id: int, ids: Sequence[int]) -> Select[Any]:
-    return select(events_table).where(
-        events_table.c.account_id == account_id, events_table.c.id.in_(list(ids))
-    )
+_BY_ID = select(events_table).where(
+    events_table.c.account_id == bindparam("account_id"),
+    events_table.c.id.in_(bindparam("ids", expanding=True)),
+)
 
 
 async def get_events(
@@ -174,7 +174,7 @@ async def get_events(
     """The given events of one account, by id (others' ids are simply not found)."""
     if not ids:
         return []
-    result = await connection.execute(_by_id(account_id, ids))
+    result = await connection.execute(_BY_ID, {"account_id": account_id, "ids": list(ids)})
     return [_stored_event(row) for row in result.mappings()]
 
 
@@ -184,4 +184,5 @@ def get_events_sync(
     """``get_events`` on SQLAlchemy's sync connection (a delivery's claim)."""
     if not ids:
         return []
-    return [_stored_event(row) for row in connection.execute(_by_id(account_id, ids)).mappings()]
+    result = connection.execute(_BY_ID, {"account_id": account_id, "ids": list(ids)})
+    return [_stored_event(row) for row in result.mappings()]
