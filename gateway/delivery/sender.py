@@ -337,15 +337,16 @@ class DeliverySender:
                 outcomes.setdefault(called.attempt.webhook_id, []).append(called.succeeded)
 
         def finish(connection: Connection) -> list[tuple[DeliveryStatus, float | None]]:
-            disabled = store.count_calls(
+            counted = store.count_calls(
                 connection,
                 outcomes=outcomes,
                 disable_after=self._settings.disable_after,
                 now=now,
             )
-            settled = [_settle(called, disabled) for called in batch]
+            settled = [_settle(called, counted.disabled) for called in batch]
             store.finish_attempts(
                 connection,
+                existing=counted.existing,
                 finished=[
                     store.FinishedAttempt(
                         called.attempt,

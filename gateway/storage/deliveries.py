@@ -8,7 +8,7 @@ them on SQLite's writer thread in one hand-off, or on PostgreSQL through ``run_s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -85,16 +85,19 @@ _MOVE_ON = (
         updated_at=bindparam("at"),
     )
 )
-# A run of failures since the last success in the batch, or more of the same.
+# A run of failures since the last success in the batch, or more of the same; each
+# says the web hook is still there (and locks its row until commit).
 _FAILURES_SINCE_SUCCESS = (
     update(webhooks_table)
     .where(_w.id == bindparam("webhook_id"))
     .values(consecutive_failures=bindparam("failures"))
+    .returning(_w.id)
 )
 _MORE_FAILURES = (
     update(webhooks_table)
     .where(_w.id == bindparam("webhook_id"))
     .values(consecutive_failures=_w.consecutive_failures + bindparam("failures"))
+    .returning(_w.id)
 )
 _DISABLE = (
     update(webhooks_table)
@@ -145,16 +148,21 @@ class FinishedAttempt:
     next_attempt_at: datetime | None
 
 
-def finish_attempts(connection: Connection, *, finished: Sequence[FinishedAttempt]) -> None:
+def finish_attempts(
+    connection: Connection,
+    *,
+    finished: Sequence[FinishedAttempt],
+    existing: Collection[int] = (),
+) -> None:
     """Log the calls and move their deliveries on, releasing their leases.
 
     Calls for a web hook deleted meanwhile are dropped (its deliveries went with it):
-    one such row must not fail the log of every other call in the batch.
+    one such row must not fail the log of every other call in the batch. Web hooks in
+    ``existing`` (count_calls found them, in this transaction) are not looked up again.
     """
-    existing = connection.execute(
-        _LIVING, {"ids": sorted({item.attempt.webhook_id for item in finished})}
-    )
-    alive = {row[0] for row in existing}
+    alive = set(existing)
+    if unknown := sorted({item.attempt.webhook_id for item in finished} - alive):
+        alive.update(row[0] for row in connection.execute(_LIVING, {"ids": unknown}))
     finished = [item for item in finished if item.attempt.webhook_id in alive]
     if not finished:
         return
@@ -194,38 +202,54 @@ def finish_attempts(connection: Connection, *, finished: Sequence[FinishedAttemp
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Counted:
+    existing: set[int]  # the web hooks counted (the others were deleted)
+    disabled: set[int]  # those this count disabled
+
+
 def count_calls(
     connection: Connection,
     *,
     outcomes: dict[int, list[bool]],
     disable_after: int,
     now: datetime,
-) -> set[int]:
+) -> Counted:
     """Count each web hook's calls (True = success, in order) into its run of
-    consecutive failures; returns the web hooks that this disabled.
+    consecutive failures, disabling those whose run reaches ``disable_after``.
 
     Updates are relative or absolute, never read-then-write, so workers in other
     processes counting at the same time lose nothing.
     """
-    if not outcomes:
-        return set()
+    existing: set[int] = set()
+    may_disable: list[int] = []
     for webhook_id, calls in outcomes.items():
         if True in calls:
-            since = len(calls) - 1 - calls[::-1].index(True)
-            values = {"webhook_id": webhook_id, "failures": len(calls) - 1 - since}
-            connection.execute(_FAILURES_SINCE_SUCCESS, values)
+            failures = calls[::-1].index(True)  # after the last success
+            result = connection.execute(
+                _FAILURES_SINCE_SUCCESS, {"webhook_id": webhook_id, "failures": failures}
+            )
+            if failures >= disable_after:
+                may_disable.append(webhook_id)
         else:
-            connection.execute(_MORE_FAILURES, {"webhook_id": webhook_id, "failures": len(calls)})
-    result = connection.execute(
-        _DISABLE,
-        {
-            "ids": list(outcomes),
-            "limit": disable_after,
-            "reason": f"{disable_after} consecutive failed calls",
-            "at": now,
-        },
-    )
-    return {row[0] for row in result}
+            result = connection.execute(
+                _MORE_FAILURES, {"webhook_id": webhook_id, "failures": len(calls)}
+            )
+            may_disable.append(webhook_id)
+        existing.update(row[0] for row in result)
+    disabled: set[int] = set()
+    if may_disable:
+        result = connection.execute(
+            _DISABLE,
+            {
+                "ids": may_disable,
+                "limit": disable_after,
+                "reason": f"{disable_after} consecutive failed calls",
+                "at": now,
+            },
+        )
+        disabled.update(row[0] for row in result)
+    return Counted(existing, disabled)
 
 
 async def set_delivery_status(
