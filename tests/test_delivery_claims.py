@@ -1,17 +1,19 @@
-"""A delivery's claim and result on SQLite: on the writer's thread, found by id."""
+"""A delivery's claim on SQLite: on the writer's thread, found by id, undone with its
+transaction."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import Connection, event, insert, text
+from sqlalchemy import Connection, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.storage import deliveries as delivery_store
+from gateway.storage import delivery_runs
 from gateway.storage.db import WriteTransactions, make_engine, migrate
 from gateway.storage.webhooks import webhooks_table
 
@@ -65,18 +67,19 @@ async def test_a_claim_finds_its_deliveries_by_id_not_among_all_open_ones(
     transactions = WriteTransactions(engine)
 
     def claim_and_plan(connection: Connection) -> tuple[list[int], list[str]]:
-        statements: list[tuple[str, Any]] = []
-
-        def seen(*args: Any) -> None:
-            statements.append((args[2], args[3]))  # statement, parameters
-
-        event.listen(connection, "before_cursor_execute", seen)
-        claimed = delivery_store.claim_deliveries(
-            connection, delivery_ids=list(range(5, 15)), now=datetime.now(UTC), lease_seconds=10
-        )
-        event.remove(connection, "before_cursor_execute", seen)
-        [(statement, parameters)] = statements
-        plan = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+        # The statement as SQLite ran it (its values in place), through sqlite3's trace.
+        sqlite = connection.connection.driver_connection
+        assert isinstance(sqlite, sqlite3.Connection)  # the writer's thread: plain sqlite3
+        statements: list[str] = []
+        sqlite.set_trace_callback(statements.append)
+        try:
+            claimed = delivery_runs.claim_deliveries(
+                connection, delivery_ids=list(range(5, 15)), now=datetime.now(UTC), lease_seconds=10
+            )
+        finally:
+            sqlite.set_trace_callback(None)
+        [statement] = [s for s in statements if s.startswith("UPDATE deliveries")]
+        plan = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement)
         return [record.id for record in claimed], [row[3] for row in plan]
 
     try:
@@ -94,7 +97,7 @@ async def test_a_claim_on_the_writers_thread_is_undone_when_its_work_fails(
     transactions = WriteTransactions(engine)
 
     def claim_then_fail(connection: Connection) -> None:
-        delivery_store.claim_deliveries(
+        delivery_runs.claim_deliveries(
             connection, delivery_ids=[8], now=datetime.now(UTC), lease_seconds=10
         )
         raise RuntimeError("after the claim")
@@ -104,7 +107,7 @@ async def test_a_claim_on_the_writers_thread_is_undone_when_its_work_fails(
             await transactions.run(claim_then_fail)
         # Rolled back: the delivery is free to claim again.
         claimed = await transactions.run(
-            lambda connection: delivery_store.claim_deliveries(
+            lambda connection: delivery_runs.claim_deliveries(
                 connection, delivery_ids=[8], now=datetime.now(UTC), lease_seconds=10
             )
         )

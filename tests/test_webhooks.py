@@ -22,7 +22,7 @@ from gateway.domain.webhooks import next_retry_delay
 from gateway.services.accounts import CreatedAccount, InputError
 from gateway.services.webhooks import WebhookChanges, WebhookService
 from gateway.settings import Settings
-from gateway.storage import deliveries as delivery_store
+from gateway.storage import delivery_runs
 from tests.conftest import Gateway
 from tests.receiver import Received, Receiver
 from tests.support import brevo_event, gql, gql_errors, ingest_brevo
@@ -333,7 +333,7 @@ async def test_enable_webhook_sends_what_was_held(
     webhook, _ = await create_webhook(api, url=endpoint.url, events=["DELIVERED"])
     async with gateway.services.engine.begin() as connection:
         counted = await connection.run_sync(
-            delivery_store.count_calls,
+            delivery_runs.count_calls,
             outcomes={int(webhook["id"]): [False]},
             disable_after=1,
             now=datetime.now(UTC),

@@ -41,6 +41,7 @@ from gateway.ids import IdGenerator
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.storage import deliveries as store
+from gateway.storage import delivery_runs as runs
 from gateway.storage import events as event_store
 from gateway.storage.db import WriteTransactions, begin_write
 
@@ -201,7 +202,7 @@ class DeliverySender:
         now = datetime.now(UTC)
 
         def claim(connection: Connection) -> dict[int, _Claimed]:
-            records = store.claim_deliveries(
+            records = runs.claim_deliveries(
                 connection,
                 delivery_ids=sorted(set(delivery_ids)),
                 now=now,
@@ -209,7 +210,7 @@ class DeliverySender:
             )
             if not records:
                 return {}
-            webhooks = store.get_webhooks(
+            webhooks = runs.get_webhooks(
                 connection, webhook_ids=sorted({r.webhook_id for r in records})
             )
             events: dict[int, NormalizedEvent] = {}
@@ -345,18 +346,18 @@ class DeliverySender:
                 outcomes.setdefault(called.attempt.webhook_id, []).append(called.succeeded)
 
         def finish(connection: Connection) -> list[tuple[DeliveryStatus, float | None]]:
-            counted = store.count_calls(
+            counted = runs.count_calls(
                 connection,
                 outcomes=outcomes,
                 disable_after=self._settings.disable_after,
                 now=now,
             )
             settled = [_settle(called, counted.disabled) for called in batch]
-            store.finish_attempts(
+            runs.finish_attempts(
                 connection,
                 existing=counted.existing,
                 finished=[
-                    store.FinishedAttempt(
+                    runs.FinishedAttempt(
                         called.attempt,
                         status,
                         None

@@ -8,7 +8,7 @@ import functools
 import logging
 import sqlite3
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -17,8 +17,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.ext.compiler import compiles
@@ -340,6 +341,56 @@ def _engine_over(sqlite: sqlite3.Connection) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def plain_sqlite(connection: Connection) -> sqlite3.Connection | None:
+    """The sqlite3 connection under ``connection``, if that is what it is: a
+    SqliteThread's ``transaction`` (through aiosqlite it is not). Statements sent to it
+    straight skip SQLAlchemy's work per statement, and run in the same transaction."""
+    driver = connection.connection.driver_connection
+    return driver if isinstance(driver, sqlite3.Connection) else None
+
+
+@functools.cache
+def marks(count: int) -> str:
+    """``count`` sqlite3 placeholders."""
+    return ", ".join("?" * count)
+
+
+class PlainRows:
+    """A table's rows on a plain sqlite3 connection, with the values SQLAlchemy's own
+    types make (times stored as it stores them, and read back as it reads them)."""
+
+    def __init__(self, table: Table, dialect: Dialect) -> None:
+        self.columns = [column.name for column in table.c]
+        self.column_list = ", ".join(self.columns)
+        self._binds: dict[str, Callable[[Any], Any]] = {}
+        self._results: list[Callable[[Any], Any] | None] = []
+        for column in table.c:
+            impl = column.type.dialect_impl(dialect)
+            if bind := impl.bind_processor(dialect):
+                self._binds[column.name] = bind
+            self._results.append(impl.result_processor(dialect, None))
+
+    def bind(self, column: str, value: Any) -> Any:
+        """``value`` as the column stores it."""
+        process = self._binds.get(column)
+        return value if process is None else process(value)
+
+    def read(self, rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+        """Rows of all the table's columns, in its order, as SQLAlchemy reads them."""
+        return [
+            {
+                name: value if process is None else process(value)
+                for name, process, value in zip(self.columns, self._results, row, strict=True)
+            }
+            for row in rows
+        ]
+
+
+@functools.lru_cache(maxsize=64)
+def plain_rows(table: Table, dialect: Dialect) -> PlainRows:
+    return PlainRows(table, dialect)
 
 
 class WriteTransactions:
