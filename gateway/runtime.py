@@ -127,7 +127,11 @@ def make_http_transport(
             resolver=resolver if settings.allow_private_webhooks else GuardedResolver(resolver),
             socket_factory=socket_factory,
         )
-        return aiohttp.ClientSession(connector=connector, trust_env=False)
+        # No cookie jar: a cookie one receiver sets must never go to another account's
+        # endpoint on the same host.
+        return aiohttp.ClientSession(
+            connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
 
     # A factory: the session must be made inside the running event loop.
     return AiohttpTransport(client=session, trust_env=False)

@@ -85,6 +85,30 @@ def verify_signature(secret: str, received: Received) -> bool:
     )
 
 
+async def test_a_cookie_one_receiver_sets_is_never_sent_on_another_call(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    setter = receiver.endpoint(
+        lambda _r: Response("ok", headers={"set-cookie": "session=secret; Path=/"})
+    )
+    # By name: a cookie jar keeps no cookie of a bare IP address.
+    await create_webhook(
+        api, url=setter.url.replace("127.0.0.1", "localhost"), events=["DELIVERED"]
+    )
+    await ingest_brevo(gateway, account, brevo_event(email="sets@example.com"))
+    await setter.wait_for(1)
+    # Another account's web hook on the same host: a client's cookie jar would send it.
+    other_account = await gateway.new_account()
+    other = receiver.endpoint()
+    async with gateway.client(other_account.api_key) as other_api:
+        await create_webhook(
+            other_api, url=other.url.replace("127.0.0.1", "localhost"), events=["DELIVERED"]
+        )
+    await ingest_brevo(gateway, other_account, brevo_event(email="gets@example.com"))
+    [call] = await other.wait_for(1)
+    assert "cookie" not in call.headers
+
+
 async def test_jangomail_get_hook_gets_chosen_names_url_encoded(
     gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:

@@ -278,8 +278,7 @@ class DeliverySender:
                     headers["content-type"] = request.content_type
                 # Straight to the transport (httpx's public transport API): a client's
                 # send adds auth, redirect and cookie handling that a web hook call has
-                # no use for (a cookie one receiver sets must not go to another
-                # account's), and cost a tenth of the worker's time.
+                # no use for, and cost a tenth of the worker's time.
                 response = await self._transport.handle_async_request(
                     httpx.Request(
                         request.method,
