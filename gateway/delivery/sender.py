@@ -144,15 +144,19 @@ class DeliverySender:
         await self._results.close()
         await self._transactions.close()
 
-    async def attempt(self, delivery_id: int) -> Outcome:
+    async def attempt(
+        self, delivery_id: int, on_called: Callable[[bool], None] | None = None
+    ) -> Outcome:
+        """One attempt. ``on_called(succeeded)``, if given, is told as soon as the call
+        has ended, before its result is written."""
         with tracing.span("webhook delivery", {"gateway.delivery.id": delivery_id}, kind="client"):
-            outcome = await self._attempt(delivery_id)
+            outcome = await self._attempt(delivery_id, on_called)
             # None: nothing was done (not due, held by another worker, or deleted).
             status = "skipped" if outcome.status is None else outcome.status.value.lower()
             tracing.annotate({"gateway.delivery.outcome": status})
             return outcome
 
-    async def _attempt(self, delivery_id: int) -> Outcome:
+    async def _attempt(self, delivery_id: int, on_called: Callable[[bool], None] | None) -> Outcome:
         claimed = await self._claims.submit(delivery_id)
         if claimed is None or claimed.webhook is None:
             return Outcome(None)  # not due, held by another worker, or deleted
@@ -168,6 +172,8 @@ class DeliverySender:
                 )
             return Outcome(DeliveryStatus.HELD)
         called = await self._call(delivery, webhook, event)
+        if on_called is not None:
+            on_called(called.succeeded)
         tracing.annotate(
             {
                 "gateway.webhook.id": webhook.id,
