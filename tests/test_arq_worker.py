@@ -20,7 +20,7 @@ from starlette.responses import Response
 from gateway.services.accounts import CreatedAccount
 from gateway.services.dispatch import EndpointLimit
 from gateway.services.outbox import DELIVER_JOB
-from gateway.storage import deliveries as delivery_store
+from gateway.storage import delivery_runs
 from gateway.storage import webhooks as webhook_store
 from gateway.storage.db import begin_write
 from tests.conftest import Gateway
@@ -212,8 +212,11 @@ async def test_an_update_of_other_fields_never_undoes_a_workers_disable(
 
     async def disable() -> None:
         async with begin_write(gateway.services.engine) as connection:
-            await delivery_store.count_calls(
-                connection, outcomes={webhook_id: [False]}, disable_after=1, now=datetime.now(UTC)
+            await connection.run_sync(
+                delivery_runs.count_calls,
+                outcomes={webhook_id: [False]},
+                disable_after=1,
+                now=datetime.now(UTC),
             )
 
     for round_ in range(8):
@@ -241,8 +244,8 @@ async def test_a_new_url_racing_a_workers_disable_strands_nothing(
     webhook_id = int(webhook["id"])
     # A few failed calls short of the rule: the worker disables it while we update.
     async with begin_write(gateway.services.engine) as connection:
-        await delivery_store.count_calls(
-            connection,
+        await connection.run_sync(
+            delivery_runs.count_calls,
             outcomes={webhook_id: [False] * (gateway.settings.disable_after - 3)},
             disable_after=gateway.settings.disable_after,
             now=datetime.now(UTC),
@@ -291,8 +294,11 @@ async def test_a_held_delivery_of_an_enabled_webhook_is_sent_by_the_sweeper(
     webhook, _ = await create_webhook(api, url=endpoint.url, events=["DELIVERED"])
     webhook_id = int(webhook["id"])
     async with begin_write(gateway.services.engine) as connection:
-        await delivery_store.count_calls(
-            connection, outcomes={webhook_id: [False]}, disable_after=1, now=datetime.now(UTC)
+        await connection.run_sync(
+            delivery_runs.count_calls,
+            outcomes={webhook_id: [False]},
+            disable_after=1,
+            now=datetime.now(UTC),
         )
     await ingest_brevo(gateway, account, brevo_event())
     await settled(api, webhook["id"], 1, {"HELD"})

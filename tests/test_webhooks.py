@@ -22,7 +22,7 @@ from gateway.domain.webhooks import next_retry_delay
 from gateway.services.accounts import CreatedAccount, InputError
 from gateway.services.webhooks import WebhookChanges, WebhookService
 from gateway.settings import Settings
-from gateway.storage import deliveries as delivery_store
+from gateway.storage import delivery_runs
 from tests.conftest import Gateway
 from tests.receiver import Received, Receiver
 from tests.support import brevo_event, gql, gql_errors, ingest_brevo
@@ -83,6 +83,30 @@ def verify_signature(secret: str, received: Received) -> bool:
         hmac.compare_digest(part.removeprefix("v1,"), expected)
         for part in received.headers["webhook-signature"].split(" ")
     )
+
+
+async def test_a_cookie_one_receiver_sets_is_never_sent_on_another_call(
+    gateway: Gateway, account: CreatedAccount, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    setter = receiver.endpoint(
+        lambda _r: Response("ok", headers={"set-cookie": "session=secret; Path=/"})
+    )
+    # By name: a cookie jar keeps no cookie of a bare IP address.
+    await create_webhook(
+        api, url=setter.url.replace("127.0.0.1", "localhost"), events=["DELIVERED"]
+    )
+    await ingest_brevo(gateway, account, brevo_event(email="sets@example.com"))
+    await setter.wait_for(1)
+    # Another account's web hook on the same host: a client's cookie jar would send it.
+    other_account = await gateway.new_account()
+    other = receiver.endpoint()
+    async with gateway.client(other_account.api_key) as other_api:
+        await create_webhook(
+            other_api, url=other.url.replace("127.0.0.1", "localhost"), events=["DELIVERED"]
+        )
+    await ingest_brevo(gateway, other_account, brevo_event(email="gets@example.com"))
+    [call] = await other.wait_for(1)
+    assert "cookie" not in call.headers
 
 
 async def test_jangomail_get_hook_gets_chosen_names_url_encoded(
@@ -332,12 +356,13 @@ async def test_enable_webhook_sends_what_was_held(
     endpoint = receiver.endpoint()
     webhook, _ = await create_webhook(api, url=endpoint.url, events=["DELIVERED"])
     async with gateway.services.engine.begin() as connection:
-        assert await delivery_store.count_calls(
-            connection,
+        counted = await connection.run_sync(
+            delivery_runs.count_calls,
             outcomes={int(webhook["id"]): [False]},
             disable_after=1,
             now=datetime.now(UTC),
-        ) == {int(webhook["id"])}
+        )
+        assert counted.disabled == {int(webhook["id"])}
     await ingest_brevo(gateway, account, brevo_event())
     [held] = await settled(api, webhook["id"], 1, {"HELD"})
     assert endpoint.calls == []

@@ -28,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.delivery.sender import DeliverySender, Outcome
-from gateway.domain.webhooks import DeliveryStatus
 from gateway.ids import IdGenerator
 from gateway.services.outbox import DeliveryQueue
 from gateway.storage import outbox as store
@@ -228,21 +227,37 @@ class Dispatcher:
             drain.running[item.id] = (item, task)
 
     async def _send(self, drain: _Drain, item: store.DueDelivery) -> None:
+        """One attempt. Its places among the calls in flight (the endpoint's and the
+        process's) are given up as soon as its call ends, not once its result is
+        written: the write waits for a batch. The next delivery of its message waits
+        for the write."""
+        acquired = freed = False
+
+        def free(succeeded: bool | None) -> None:
+            nonlocal freed
+            if freed:
+                return
+            freed = True
+            if acquired:
+                self._calls.release()
+            drain.limit.in_flight -= 1
+            if succeeded is True:
+                drain.limit.succeeded()
+            elif succeeded is False:
+                drain.limit.failed()
+            drain.progress.set()
+
         outcome: Outcome | None = None
         try:
-            async with self._calls:
-                outcome = await self._sender.attempt(item.id)
+            await self._calls.acquire()
+            acquired = True
+            outcome = await self._sender.attempt(item.id, on_called=free)
         except Exception:
             # Its lease runs out and it is due again: the sweeper or the next job.
             log.exception("delivery %s: the attempt failed", item.id)
         finally:
-            drain.limit.in_flight -= 1
-            status = outcome.status if outcome is not None else None
-            if status is DeliveryStatus.SUCCEEDED:
-                drain.limit.succeeded()
-            elif status in (DeliveryStatus.RETRYING, DeliveryStatus.FAILED):
-                drain.limit.failed()
-            if status is None:
+            free(None)
+            if outcome is None or outcome.status is None:
                 drain.skipped.add(item.id)
             else:
                 drain.sent += 1

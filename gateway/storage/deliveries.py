@@ -1,14 +1,13 @@
-"""A delivery's run: claiming it for an attempt, logging the call, counting it against
-its web hook, and reading that log back."""
+"""Deliveries and their log of calls: status changes, recovery, and reading them back
+(a delivery's claim and result: storage.delivery_runs)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -17,10 +16,9 @@ from gateway.domain.webhooks import (
     AttemptRecord,
     DeliveryRecord,
     DeliveryStatus,
-    WebhookConfig,
 )
 from gateway.storage.models import Delivery, DeliveryAttemptRow
-from gateway.storage.webhooks import webhook_from_row, webhooks_table
+from gateway.storage.webhooks import webhooks_table
 
 deliveries_table = Delivery.__table__  # type: ignore[attr-defined]
 attempts_table = DeliveryAttemptRow.__table__  # type: ignore[attr-defined]
@@ -28,7 +26,7 @@ attempts_table = DeliveryAttemptRow.__table__  # type: ignore[attr-defined]
 OPEN = tuple(sorted(status.value for status in OPEN_STATUSES))
 
 
-def delivery_from_row(row: RowMapping) -> DeliveryRecord:
+def delivery_from_row(row: Mapping[Any, Any]) -> DeliveryRecord:
     return DeliveryRecord(
         id=row["id"],
         account_id=row["account_id"],
@@ -49,154 +47,6 @@ async def get_delivery(
         query = query.where(deliveries_table.c.account_id == account_id)
     row = (await connection.execute(query)).mappings().one_or_none()
     return None if row is None else delivery_from_row(row)
-
-
-async def claim_deliveries(
-    connection: AsyncConnection,
-    *,
-    delivery_ids: Sequence[int],
-    now: datetime,
-    lease_seconds: float,
-    grace_seconds: float = 1.0,
-) -> list[DeliveryRecord]:
-    """Take the open, due deliveries among ``delivery_ids`` for one attempt each; those
-    not open, not yet due, or held by another worker are left out. The lease makes a
-    second worker (or a duplicate job) a no-op. ``grace_seconds`` counts a delivery
-    due that soon as due: a clock a little behind the one that scheduled it."""
-    result = await connection.execute(
-        update(deliveries_table)
-        .where(
-            deliveries_table.c.id.in_(list(delivery_ids)),
-            deliveries_table.c.status.in_(OPEN),
-            or_(
-                deliveries_table.c.next_attempt_at.is_(None),
-                deliveries_table.c.next_attempt_at <= now + timedelta(seconds=grace_seconds),
-            ),
-            or_(deliveries_table.c.lease_until.is_(None), deliveries_table.c.lease_until < now),
-        )
-        .values(lease_until=now + timedelta(seconds=lease_seconds))
-        .returning(*deliveries_table.c)
-    )
-    return [delivery_from_row(row) for row in result.mappings()]
-
-
-async def get_webhooks(
-    connection: AsyncConnection, *, webhook_ids: Sequence[int]
-) -> dict[int, WebhookConfig]:
-    """The web hooks of claimed deliveries, by id."""
-    result = await connection.execute(
-        select(webhooks_table).where(webhooks_table.c.id.in_(list(webhook_ids)))
-    )
-    return {row["id"]: webhook_from_row(row) for row in result.mappings()}
-
-
-@dataclass(frozen=True, slots=True)
-class FinishedAttempt:
-    attempt: AttemptRecord
-    status: DeliveryStatus
-    next_attempt_at: datetime | None
-
-
-async def finish_attempts(
-    connection: AsyncConnection, *, finished: Sequence[FinishedAttempt]
-) -> None:
-    """Log the calls and move their deliveries on, releasing their leases.
-
-    Calls for a web hook deleted meanwhile are dropped (its deliveries went with it):
-    one such row must not fail the log of every other call in the batch.
-    """
-    existing = await connection.execute(
-        select(webhooks_table.c.id).where(
-            webhooks_table.c.id.in_({item.attempt.webhook_id for item in finished})
-        )
-    )
-    alive = {row[0] for row in existing}
-    finished = [item for item in finished if item.attempt.webhook_id in alive]
-    if not finished:
-        return
-    await connection.execute(
-        insert(attempts_table),
-        [
-            {
-                "id": item.attempt.id,
-                "account_id": item.attempt.account_id,
-                "webhook_id": item.attempt.webhook_id,
-                "delivery_id": item.attempt.delivery_id,
-                "number": item.attempt.number,
-                "at": item.attempt.at,
-                "method": item.attempt.method,
-                "url": item.attempt.url,
-                "request_body": item.attempt.request_body,
-                "status_code": item.attempt.status_code,
-                "duration_ms": item.attempt.duration_ms,
-                "error": item.attempt.error,
-                "response_excerpt": item.attempt.response_excerpt,
-            }
-            for item in finished
-        ],
-    )
-    await connection.execute(
-        update(deliveries_table)
-        .where(deliveries_table.c.id == bindparam("delivery_id"))
-        .values(
-            status=bindparam("new_status"),
-            attempts=bindparam("number"),
-            next_attempt_at=bindparam("next_at"),
-            lease_until=None,
-            updated_at=bindparam("at"),
-        ),
-        [
-            {
-                "delivery_id": item.attempt.delivery_id,
-                "new_status": item.status.value,
-                "number": item.attempt.number,
-                "next_at": item.next_attempt_at,
-                "at": item.attempt.at,
-            }
-            for item in finished
-        ],
-    )
-
-
-async def count_calls(
-    connection: AsyncConnection,
-    *,
-    outcomes: dict[int, list[bool]],
-    disable_after: int,
-    now: datetime,
-) -> set[int]:
-    """Count each web hook's calls (True = success, in order) into its run of
-    consecutive failures; returns the web hooks that this disabled.
-
-    Updates are relative or absolute, never read-then-write, so workers in other
-    processes counting at the same time lose nothing.
-    """
-    for webhook_id, calls in outcomes.items():
-        if True in calls:
-            last_success = len(calls) - 1 - calls[::-1].index(True)
-            value: Any = len(calls) - 1 - last_success
-        else:
-            value = webhooks_table.c.consecutive_failures + len(calls)
-        await connection.execute(
-            update(webhooks_table)
-            .where(webhooks_table.c.id == webhook_id)
-            .values(consecutive_failures=value)
-        )
-    result = await connection.execute(
-        update(webhooks_table)
-        .where(
-            webhooks_table.c.id.in_(list(outcomes)),
-            webhooks_table.c.enabled.is_(True),
-            webhooks_table.c.consecutive_failures >= disable_after,
-        )
-        .values(
-            enabled=False,
-            disabled_reason=f"{disable_after} consecutive failed calls",
-            updated_at=now,
-        )
-        .returning(webhooks_table.c.id)
-    )
-    return {row[0] for row in result}
 
 
 async def set_delivery_status(

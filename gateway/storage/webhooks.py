@@ -6,12 +6,11 @@ every call made in ``storage.deliveries``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, delete, insert, select, text, update
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.events import EventType
@@ -25,7 +24,7 @@ from gateway.storage.models import Delivery, DeliveryAttemptRow, Webhook
 webhooks_table = Webhook.__table__  # type: ignore[attr-defined]
 
 
-def webhook_from_row(row: RowMapping) -> WebhookConfig:
+def webhook_from_row(row: Mapping[Any, Any]) -> WebhookConfig:
     parameters = None if row["parameters"] is None else orjson.loads(row["parameters"])
     return WebhookConfig(
         id=row["id"],

@@ -6,7 +6,7 @@ group commit's inserts; ``read``: the queries.
 
 from __future__ import annotations
 
-from gateway.storage.events.read import find_events, get_events
+from gateway.storage.events.read import find_events, get_events, get_events_sync
 from gateway.storage.events.rows import (
     NewEvent,
     PreparedEvent,
@@ -37,6 +37,7 @@ __all__ = [
     "events_table",
     "find_events",
     "get_events",
+    "get_events_sync",
     "insert_events",
     "insert_prepared",
     "prepare_events",

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, exists, select
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import Select, bindparam, exists, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.events import EventType, NormalizedEvent, Provider, RejectReason, Severity
 from gateway.domain.jsontext import json_value
 from gateway.domain.query import EventFilter, StoredEvent, bare_message_id, email_key
+from gateway.storage.db import marks, plain_rows, plain_sqlite
 from gateway.storage.events.rows import counts_table, events_table, tags_table
 
 _DETAIL_ENUMS: dict[str, type[enum.Enum]] = {
@@ -21,7 +22,7 @@ _DETAIL_ENUMS: dict[str, type[enum.Enum]] = {
 }
 
 
-def _stored_event(row: RowMapping) -> StoredEvent:
+def _stored_event(row: Mapping[Any, Any]) -> StoredEvent:
     details: dict[str, Any] = json_value(row["details"])
     for name, kind in _DETAIL_ENUMS.items():
         if name in details:
@@ -162,15 +163,37 @@ async def find_events(
     return [_stored_event(row) for row in result.mappings()]
 
 
+_BY_ID = select(events_table).where(
+    events_table.c.account_id == bindparam("account_id"),
+    events_table.c.id.in_(bindparam("ids", expanding=True)),
+)
+
+
 async def get_events(
     connection: AsyncConnection, *, account_id: int, ids: Sequence[int]
 ) -> list[StoredEvent]:
     """The given events of one account, by id (others' ids are simply not found)."""
     if not ids:
         return []
-    result = await connection.execute(
-        select(events_table).where(
-            events_table.c.account_id == account_id, events_table.c.id.in_(list(ids))
+    result = await connection.execute(_BY_ID, {"account_id": account_id, "ids": list(ids)})
+    return [_stored_event(row) for row in result.mappings()]
+
+
+def get_events_sync(
+    connection: Connection, *, account_id: int, ids: Sequence[int]
+) -> list[StoredEvent]:
+    """``get_events`` on SQLAlchemy's sync connection (a delivery's claim); on SQLite's
+    writer thread, straight to sqlite3 (storage.db.plain_sqlite)."""
+    if not ids:
+        return []
+    if (sqlite := plain_sqlite(connection)) is not None:
+        rows = plain_rows(events_table, connection.dialect)
+        statement = (
+            f"SELECT {rows.column_list} FROM events"  # noqa: S608
+            f" WHERE account_id = ? AND id IN ({marks(len(ids))})"
         )
-    )
+        return [
+            _stored_event(row) for row in rows.read(sqlite.execute(statement, (account_id, *ids)))
+        ]
+    result = connection.execute(_BY_ID, {"account_id": account_id, "ids": list(ids)})
     return [_stored_event(row) for row in result.mappings()]
