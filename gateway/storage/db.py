@@ -228,17 +228,17 @@ class _SqliteDeadline:
 
     def __init__(self, driver: Any, seconds: float) -> None:
         self._driver = driver
-        self._loop = asyncio.get_running_loop()
+        self._event_loop = asyncio.get_running_loop()
         self._interrupts: set[asyncio.Future[None]] = set()
         self.fired = False
-        self._timer = self._loop.call_later(seconds, self._interrupt)
+        self._timer = self._event_loop.call_later(seconds, self._interrupt)
 
     def _interrupt(self) -> None:
         self.fired = True
         interrupt = asyncio.ensure_future(self._driver.interrupt())
         self._interrupts.add(interrupt)
         interrupt.add_done_callback(self._interrupts.discard)
-        self._timer = self._loop.call_later(0.001, self._interrupt)
+        self._timer = self._event_loop.call_later(0.001, self._interrupt)
 
     def cancel(self) -> None:
         self._timer.cancel()
@@ -412,18 +412,18 @@ class WriteTransactions:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._thread = SqliteThread.for_engine(engine)
+        self._sqlite_worker = SqliteThread.for_engine(engine)
 
     async def run(self, work: Callable[[Connection], T]) -> T:
-        if self._thread is None:
+        if self._sqlite_worker is None:
             async with begin_write(self._engine) as connection:
                 return await connection.run_sync(work)
         async with write_lock(self._engine):
-            return await self._thread.transaction(work)
+            return await self._sqlite_worker.transaction(work)
 
     async def close(self) -> None:
-        if self._thread is not None:
-            await self._thread.close()
+        if self._sqlite_worker is not None:
+            await self._sqlite_worker.close()
 
 
 def make_engine(
