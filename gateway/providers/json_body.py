@@ -6,6 +6,10 @@ Python converts (4,300) or nests deeper than the parser can follow. Everything e
 read, integers of any size and lone surrogates (``"\\ud800"``) included: what a field
 may hold is the adapter's and the domain's business, per event.
 
+orjson reads the usual body (~4x faster than the standard library); whatever it
+refuses, or might read otherwise (a run of 19 digits: an integer beyond 64 bits, which
+orjson reads as a float), is read by the standard library, whose answer is the rule.
+
 A top-level array is read element by element, so that each event keeps its own JSON
 text exactly as sent: that is what is kept, and replayed, when the event is refused.
 """
@@ -16,6 +20,8 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any
+
+import orjson
 
 from gateway.providers.base import PayloadError
 
@@ -30,15 +36,31 @@ def _refuse_constant(name: str) -> Any:
 
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+# A number orjson may read as a float: an integer beyond 64 bits has 19 digits or more.
+# Found as a run of 19 "0" in the body with every digit made "0" and every other byte
+# a space (a regular expression took 5x as long).
+_DIGITS_ONLY = bytes(ord("0") if byte in b"0123456789" else ord(" ") for byte in range(256))
+_LONG_RUN = b"0" * 19
+_UNREAD = object()
+
+
+def _read_fast(body: bytes) -> Any:
+    """The body's JSON value as orjson reads it, or _UNREAD where orjson refuses it or
+    might read it otherwise than the standard library."""
+    if _LONG_RUN in body.translate(_DIGITS_ONLY):
+        return _UNREAD
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:  # BOM, NaN, lone surrogates, too deep, not JSON...
+        return _UNREAD
 
 
 class JsonBody:
     """A readable body of one JSON object or an array of values: the events' values,
     and on demand each one's exact JSON text (what is kept when it is refused)."""
 
-    def __init__(self, text: str, start: int, document: Any) -> None:
-        self._text = text
-        self._start = start
+    def __init__(self, body: bytes, document: Any) -> None:
+        self._body = body
         self._array = isinstance(document, list)
         self.values: list[Any] = document if self._array else [document]
         self._texts: list[str] | None = None
@@ -57,7 +79,7 @@ class JsonBody:
             # Counting brackets is a bound that costs nothing, and one walk of the
             # whole document clears every element at once in all but hostile cases.
             levels = MAX_DEPTH + 1 if self._array else MAX_DEPTH
-            if self._text.count("[") + self._text.count("{") > levels and too_deep(
+            if self._body.count(b"[") + self._body.count(b"{") > levels and too_deep(
                 self.values if self._array else self.values[0], levels
             ):
                 self._deep = {n for n, value in enumerate(self.values) if too_deep(value)}
@@ -66,7 +88,8 @@ class JsonBody:
     def _element_texts(self) -> list[str]:
         # Only a refusal needs them: found by reading the text again, element by element.
         if self._texts is None:
-            self._texts = list(_element_texts(self._text, self._start, self._array))
+            text = decode_text(self._body)
+            self._texts = list(_element_texts(text, _skip(text, 0), self._array))
         return self._texts
 
 
@@ -80,24 +103,23 @@ def decode_text(body: bytes) -> str:
 
 def read_document(body: bytes) -> Any:
     """The whole body as one JSON value."""
-    text = decode_text(body)
-    value, end = _value_at(text, _skip(text, 0))
-    _expect_end(text, end)
+    value = _read_fast(body)
+    if value is _UNREAD:
+        text = decode_text(body)
+        value, end = _value_at(text, _skip(text, 0))
+        _expect_end(text, end)
     return value
 
 
 def read_elements(body: bytes) -> JsonBody:
     """The events of a body that is one JSON object or an array of them (elements of
     any type: what is not an object is the adapter's to refuse, per event)."""
-    text = decode_text(body)
-    start = _skip(text, 0)
-    document, end = _value_at(text, start)
-    _expect_end(text, end)
+    document = read_document(body)
     if not isinstance(document, dict | list):
         raise PayloadError(
             f"body must be a JSON object or an array of objects, not {json_type(document)}"
         )
-    return JsonBody(text, start, document)
+    return JsonBody(body, document)
 
 
 def _element_texts(text: str, start: int, array: bool) -> Iterator[str]:

@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.domain.stats import rollup_decrements, rollup_decrements_of_kinds
+from gateway.domain.stats import rollup_decrements_of_kinds, rollup_rows
 from gateway.storage.accounts import accounts_table
 from gateway.storage.deliveries import attempts_table, deliveries_table
 from gateway.storage.event_counts import event_counts_table
@@ -112,7 +112,7 @@ async def purge_events(
     ]
     if tag_rows:
         await _purge_tags(connection, tag_rows)
-    decrements = rollup_decrements(
+    decrements = rollup_rows(
         (account_id, occurred_at, kind, provider, template, tags)
         for _id, kind, provider, template, occurred_at, tags in gone
     )
@@ -215,7 +215,7 @@ async def purge_rejected(
 
 
 # What an event's share of the eventStats rollup depends on (domain.stats), its hour
-# as rollup_decrements computes it.
+# as rollup_rows computes it.
 _KIND = (
     "account_id, floor(extract(epoch FROM occurred_at) / 3600)::bigint AS hour,"
     " type, provider, template, tags"

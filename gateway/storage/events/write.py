@@ -7,7 +7,7 @@ import functools
 import re
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.domain.stats import rollup_increments
+from gateway.domain.stats import rollup_rows
 from gateway.storage.event_counts import POSTGRESQL_EVENT_COUNTS_CTES, SQLITE_EVENT_COUNTS
 from gateway.storage.events.rows import (
     NewEvent,
@@ -236,16 +236,23 @@ def _follow_ups(
     count_rows = [(account_id, tag, n) for (account_id, tag), n in sorted(counts.items())]
     # The eventStats rollup's increments (storage.event_counts), keyed by the template
     # and tags as stored.
-    rollup_rows = rollup_increments(
-        (new.account_id, replace(new.event, template=template, tags=tags[new.id][1]))
+    rollup = rollup_rows(
+        (
+            new.account_id,
+            event.occurred_at,
+            event.type.value,
+            event.provider.value,
+            None if event.template is None else stored_text(event.template),
+            tags[new.id][1],
+        )
         for new in news
         if new.id in stored
-        for template in [None if new.event.template is None else stored_text(new.event.template)]
+        for event in [new.event]
     )
     return [
         *_sqlite_statements(_SQLITE_TAGS, tag_rows),
         *_sqlite_statements(_SQLITE_COUNTS, count_rows),
-        *_sqlite_statements(SQLITE_EVENT_COUNTS, rollup_rows),
+        *_sqlite_statements(SQLITE_EVENT_COUNTS, rollup),
     ]
 
 
