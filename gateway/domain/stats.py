@@ -125,8 +125,14 @@ def rollup_increments(
     """The rollup rows a batch of newly stored events adds: :func:`rollup_rows` of the
     events as they are (their template and tags already as stored)."""
     return rollup_rows(
-        (account_id, event.occurred_at, event.type.value, event.provider.value, event.template,
-         event.tags)
+        (
+            account_id,
+            event.occurred_at,
+            event.type.value,
+            event.provider.value,
+            event.template,
+            event.tags,
+        )
         for account_id, event in events
     )
 
