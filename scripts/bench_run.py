@@ -155,25 +155,23 @@ async def bench_backend(backend: str, plan: Plan, redis_url: str, work_dir: Path
         with bare, gateway:
             # (a) single-event ingest, beside the bare parse endpoint: pairs of runs,
             # the figure from the pair of the median ratio.
-            pairs = []
-            for round_number in range(1, SINGLE_ROUNDS + 1):
-                log(f"{backend}: (a) bare parse endpoint, 32 connections ({round_number})")
-                bare_run = bench_load.run_load(
-                    f"{bare.base_url}/ingest/brevo/{token}",
+            def single_events(server: ServerProcess, what: str, round_number: int) -> Any:
+                log(f"{backend}: (a) {what}, 32 connections ({round_number})")
+                return bench_load.run_load(
+                    f"{server.base_url}/ingest/brevo/{token}",
                     first=numbers.take(single_budget),
                     max_events=single_budget,
-                    server_pid=bare.pid,
+                    server_pid=server.pid,
                     **window,
                 )
-                log(f"{backend}: (a) gateway single-event ingest, 32 connections ({round_number})")
-                gateway_run = bench_load.run_load(
-                    f"{gateway.base_url}/ingest/brevo/{token}",
-                    first=numbers.take(single_budget),
-                    max_events=single_budget,
-                    server_pid=gateway.pid,
-                    **window,
+
+            pairs = [
+                (
+                    single_events(bare, "bare parse endpoint", round_number),
+                    single_events(gateway, "gateway single-event ingest", round_number),
                 )
-                pairs.append((bare_run, gateway_run))
+                for round_number in range(1, SINGLE_ROUNDS + 1)
+            ]
             pairs.sort(key=lambda pair: _ratio(pair[1], pair[0]))
             results["single_bare"], results["single_gateway"] = pairs[len(pairs) // 2]
             results["single_rounds"] = [
@@ -426,6 +424,34 @@ def print_table(all_results: list[dict[str, Any]]) -> None:
         print(cpu_note(results))
 
 
+def write_results(
+    out: Path,
+    *,
+    name: str,
+    quick: bool,
+    command: str,
+    seconds: float,
+    results: Any,
+    **more: Any,
+) -> None:
+    """Say how long the benchmark took on this machine, and write ``results`` (with
+    ``more`` beside them) to ``out/{name}-{UTC stamp}[-quick].json``."""
+    print(f"\n{platform.node()}: {os.cpu_count()} CPUs; took {seconds / 60:.1f} min")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = out / f"{name}-{stamp}{'-quick' if quick else ''}.json"
+    document = {
+        "started_at": stamp,
+        "command": " ".join([command, *sys.argv[1:]]),
+        **more,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "seconds": seconds,
+        "results": results,
+    }
+    path.write_text(json.dumps(document, indent=2, default=str))
+    print(f"results written to {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -457,20 +483,15 @@ def main() -> int:
     elapsed = time.perf_counter() - started
 
     print_table(all_results)
-    print(f"\n{platform.node()}: {os.cpu_count()} CPUs; took {elapsed / 60:.1f} min")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
-    document = {
-        "started_at": stamp,
-        "command": " ".join(["scripts/bench", *sys.argv[1:]]),
-        "plan": plan.__dict__,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "seconds": elapsed,
-        "results": all_results,
-    }
-    path.write_text(json.dumps(document, indent=2, default=str))
-    print(f"results written to {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    write_results(
+        args.out,
+        name="bench",
+        quick=args.quick,
+        command="scripts/bench",
+        seconds=elapsed,
+        results=all_results,
+        plan=plan.__dict__,
+    )
     return 1 if any("error" in results for results in all_results) else 0
 
 

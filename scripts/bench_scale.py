@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -58,7 +56,7 @@ import bench_load
 import bench_queries
 import bench_store
 from bench_queries import QueryClass
-from bench_run import Numbering, log
+from bench_run import Numbering, log, write_results
 from bench_servers import ServerProcess, free_port
 from redis.asyncio import Redis
 
@@ -855,21 +853,16 @@ def main() -> int:
     results["table"] = rows
     print_table(rows)
     print("\nphases: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
-    print(f"{platform.node()}: {os.cpu_count()} CPUs; took {elapsed / 60:.1f} min")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"scale-{stamp}{'-quick' if args.quick else ''}.json"
-    document = {
-        "started_at": stamp,
-        "command": " ".join(["scripts/bench scale", *sys.argv[1:]]),
-        "plan": plan.__dict__,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "seconds": elapsed,
-        "phase_seconds": timings,
-        "results": results,
-    }
-    path.write_text(json.dumps(document, indent=2, default=str))
-    print(f"results written to {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    write_results(
+        args.out,
+        name="scale",
+        quick=args.quick,
+        command="scripts/bench scale",
+        seconds=elapsed,
+        results=results,
+        plan=plan.__dict__,
+        phase_seconds=timings,
+    )
     return 1 if failed else 0
 
 

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import bench_store
 from bench_queries import _quantiles
-from bench_run import ROOT, _events_label, log
+from bench_run import ROOT, _events_label, log, write_results
 from bench_servers import ServerProcess
 
 # A database of its own: the ingest benchmark drops and recreates bench_store's.
@@ -139,19 +135,14 @@ def main() -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
     elapsed = time.perf_counter() - started
     print_table(all_results)
-    print(f"\n{platform.node()}: {os.cpu_count()} CPUs; took {elapsed / 60:.1f} min")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"bench-stats-{stamp}{'-quick' if args.quick else ''}.json"
-    document = {
-        "started_at": stamp,
-        "command": " ".join(["scripts/bench stats", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "seconds": elapsed,
-        "results": all_results,
-    }
-    path.write_text(json.dumps(document, indent=2, default=str))
-    print(f"results written to {path.relative_to(ROOT)}")
+    write_results(
+        args.out,
+        name="bench-stats",
+        quick=args.quick,
+        command="scripts/bench stats",
+        seconds=elapsed,
+        results=all_results,
+    )
     return 0
 
 
