@@ -87,10 +87,19 @@ def _as_sent(request: RenderedRequest) -> RenderedRequest:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parsed_url(url: str) -> httpx.URL:
-    """httpx's URL of a web hook's address, parsed once (it is immutable): parsing it
-    for every call cost as much as the rest of building the request."""
+def _parsed_address(url: str) -> httpx.URL:
+    """httpx's URL of a web hook's configured address, parsed once (it is immutable):
+    parsing it for every call cost as much as the rest of building the request."""
     return httpx.URL(url)
+
+
+def _request_url(request: RenderedRequest, webhook: WebhookConfig) -> httpx.URL:
+    """The URL a call goes to. Only configured addresses are kept parsed: a GET's
+    address carries its event in the query, is used once, and is not kept (it would
+    hold event data in memory and push the addresses out)."""
+    if request.url == webhook.url:
+        return _parsed_address(webhook.url)
+    return httpx.URL(request.url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +297,7 @@ class DeliverySender:
                 response = await self._transport.handle_async_request(
                     httpx.Request(
                         request.method,
-                        _parsed_url(request.url),
+                        _request_url(request, webhook),
                         content=request.body or None,
                         headers=headers,
                         extensions={"timeout": self._timeout},
