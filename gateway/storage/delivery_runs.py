@@ -179,12 +179,13 @@ def count_calls(
     """
     existing: set[int] = set()
     may_disable: list[int] = []
+    sqlite = plain_sqlite(connection)
     for webhook_id, calls in outcomes.items():
         since_success = True in calls
         failures = calls[::-1].index(True) if since_success else len(calls)
         if not since_success or failures >= disable_after:
             may_disable.append(webhook_id)
-        if (sqlite := plain_sqlite(connection)) is not None:
+        if sqlite is not None:
             existing |= _sqlite_count(sqlite, webhook_id, failures, since_success=since_success)
             continue
         statement = _FAILURES_SINCE_SUCCESS if since_success else _MORE_FAILURES
