@@ -6,7 +6,7 @@ import contextlib
 import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.domain.events import EventType, NormalizedEvent, Provider
+from gateway.domain.stats import rollup_rows
 from gateway.storage.db import begin_write
 
 if TYPE_CHECKING:
@@ -136,3 +137,19 @@ async def database_refuses_subject(engine: AsyncEngine, subject: str) -> AsyncIt
                 await connection.execute(text(f"ALTER TABLE events DROP CONSTRAINT {name}"))
             else:
                 await connection.execute(text(f"DROP TRIGGER {name}"))
+
+
+def rollup_of(events: Iterable[tuple[int, NormalizedEvent]]) -> list[tuple[Any, ...]]:
+    """The eventStats rollup rows that ``(account_id, event)`` pairs add, each event's
+    template and tags as stored (gateway.domain.stats.rollup_rows)."""
+    return rollup_rows(
+        (
+            account_id,
+            event.occurred_at,
+            event.type.value,
+            event.provider.value,
+            event.template,
+            event.tags,
+        )
+        for account_id, event in events
+    )

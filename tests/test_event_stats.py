@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.domain.events import EventType, NormalizedEvent, Provider
-from gateway.domain.stats import StatsInterval, rollup_increments, rollup_spans
+from gateway.domain.stats import StatsInterval, rollup_spans
 from gateway.services.accounts import CreatedAccount
 from gateway.settings import async_database_url
 from gateway.storage.db import make_engine, migrate
@@ -22,7 +22,7 @@ from gateway.storage.events import NewEvent, events_table, tags_table
 from gateway.storage.events.rows import _row_values, stored_tags
 from gateway.storage.models import Account
 from tests.conftest import Gateway, _admin
-from tests.support import brevo_event, gql, gql_errors, ingest_brevo
+from tests.support import brevo_event, gql, gql_errors, ingest_brevo, rollup_of
 from tests.test_migrations import command_upgrade
 
 accounts_table = Account.__table__  # type: ignore[attr-defined]
@@ -225,7 +225,7 @@ async def test_the_migration_counts_the_events_already_stored(
         await engine.dispose()
         if backend == "postgres":
             _admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    assert [tuple(row) for row in rows] == rollup_increments(normalized)
+    assert [tuple(row) for row in rows] == rollup_of(normalized)
 
 
 async def test_the_widest_window_off_the_hour_is_answered(

@@ -19,7 +19,6 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from gateway.domain.stats import rollup_increments
 from gateway.ids import id_floor_for_ms
 from gateway.runtime import open_services
 from gateway.services.accounts import CreatedAccount
@@ -37,7 +36,7 @@ from gateway.worker import running_worker
 from tests.conftest import Gateway, settings_for
 from tests.ops_support import quiet_redis
 from tests.receiver import Receiver
-from tests.support import brevo_event, delivered_events, gql, gql_errors, ingest_brevo
+from tests.support import brevo_event, delivered_events, gql, gql_errors, ingest_brevo, rollup_of
 from tests.test_webhooks import create_webhook, settled
 
 DAY = timedelta(days=1)
@@ -134,7 +133,7 @@ async def assert_counts_match_events(gateway: Gateway, account_id: int) -> None:
     assert tag_rows == expected_tags
     expected_rollup = {
         tuple(row[:-1]): row[-1]
-        for row in rollup_increments((account_id, stored.event) for stored in remaining)
+        for row in rollup_of((account_id, stored.event) for stored in remaining)
     }
     assert rollup == expected_rollup
 

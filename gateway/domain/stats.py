@@ -119,24 +119,6 @@ _PROVIDER, _TEMPLATE, _TAG = (
 )
 
 
-def rollup_increments(
-    events: Iterable[tuple[int, NormalizedEvent]],
-) -> list[tuple[int, str, int, int, str, str, int]]:
-    """The rollup rows a batch of newly stored events adds: :func:`rollup_rows` of the
-    events as they are (their template and tags already as stored)."""
-    return rollup_rows(
-        (
-            account_id,
-            event.occurred_at,
-            event.type.value,
-            event.provider.value,
-            event.template,
-            event.tags,
-        )
-        for account_id, event in events
-    )
-
-
 def rollup_rows(
     rows: Iterable[tuple[int, datetime, str, str, str | None, Sequence[str]]],
 ) -> list[tuple[int, str, int, int, str, str, int]]:

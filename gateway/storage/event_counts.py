@@ -12,7 +12,7 @@ from gateway.storage.models import EventCount
 event_counts_table = EventCount.__table__  # type: ignore[attr-defined]
 
 # SQLite: (head, columns, tail) of a multi-row statement (storage.events.write) of the
-# rows of domain.stats.rollup_increments for the events a batch inserted.
+# rows of domain.stats.rollup_rows for the events a batch inserted.
 SQLITE_EVENT_COUNTS = (
     "INSERT INTO event_counts (account_id, dimension, span, hour, key, type, count)",
     7,
@@ -23,7 +23,7 @@ SQLITE_EVENT_COUNTS = (
 # PostgreSQL: common table expressions to join storage.events' insert statement, after
 # its ``inserted`` (RETURNING id, account_id, type, provider, template, occurred_at)
 # and ``new_tags`` (account_id, tag, event_id of the inserted events). The same rows
-# as rollup_increments, in primary-key order like tag_counts (no deadlocks between
+# as rollup_rows, in primary-key order like tag_counts (no deadlocks between
 # concurrent batches).
 POSTGRESQL_EVENT_COUNTS_CTES = """
     stat_rows AS (

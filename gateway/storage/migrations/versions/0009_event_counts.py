@@ -26,7 +26,7 @@ _HOUR = {
     "sqlite": "CAST(strftime('%s', e.occurred_at) AS INTEGER) / 3600",
 }
 
-# The same rows gateway.domain.stats.rollup_increments adds for each new event: hour
+# The same rows gateway.domain.stats.rollup_rows adds for each new event: hour
 # rows from the events, then day rows from the hour rows.
 _BACKFILL_HOURS = """
 INSERT INTO event_counts (account_id, dimension, span, hour, key, type, count)
